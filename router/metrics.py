@@ -1,0 +1,490 @@
+"""Every Prometheus metric of the router, defined once (design.md, "Metrics").
+
+All names carry the prefix ``dicom_router_``, use base units (seconds, bytes) and
+take labels from bounded sets only: destination and rule names come from the config,
+the other labels from the fixed vocabularies below. Never a UID, an AE title sent by a
+peer, a host name or anything from a patient.
+
+Each :class:`Metrics` owns its own :class:`prometheus_client.CollectorRegistry`, so
+tests and several routers in one process never clash; ``/metrics`` renders exactly that
+registry (see :mod:`router.http`).
+
+Contract metrics (design.md)
+
+===========================================  =================================================
+``received_instances_total``                 instances received and acknowledged with Success
+                                             (the ingest path counts after the durable commit)
+``received_bytes_total``                     data set bytes of those instances
+``store_responses_total{status}``            C-STORE responses we sent, by DIMSE status as
+                                             4 lower-case hex digits: ``"0000"``, ``"a700"``,
+                                             ``"c000"``... (the router only sends statuses of
+                                             its own ``Status`` enum, so the set is bounded;
+                                             anything outside 0..0xFFFF is ``"other"``)
+``forwarded_instances_total``                outcomes of forwarding attempts per instance and
+``{destination,outcome}``                    destination; outcome is one of :data:`OUTCOMES`:
+                                             ``delivered`` (Success), ``warning`` (delivered
+                                             with a warning status), ``retry`` (transient
+                                             failure, will be retried), ``failed`` (permanent
+                                             or retries exhausted: a dead letter)
+``forward_retries_total{destination}``       retries scheduled (one per backoff)
+``queue_instances{destination,state}``       queue rows per state (:data:`QUEUE_STATES`),
+                                             read from the queue at scrape time
+``queue_oldest_age_seconds{destination}``    age of the oldest undelivered row (0: empty),
+                                             computed at scrape time
+``delivery_latency_seconds{destination}``    histogram, receipt (ack) to delivery, 10 ms to 1 d
+``associations_active{direction}``           open associations; direction ``in`` (we are the
+                                             SCP) or ``out`` (we forward)
+``destination_up{destination}``              1 when the last association attempt (or echo) to
+                                             the destination succeeded, 0 when it failed; absent
+                                             until the first attempt
+``storage_free_bytes``                       bytes available to the router on the storage
+                                             file system, read at scrape time
+``unrouted_instances_total``                 instances that no rule routed (kept, listed)
+``rule_matches_total{rule}``                 instances each rule matched
+``config_reloads_total{result}``             reloads, result ``ok`` or ``error``
+``build_info{version}``                      always 1; the version as label
+===========================================  =================================================
+
+Extra operational metrics
+
+``associations_total{direction,how}``
+    associations that ended, ``how`` one of :data:`ASSOCIATION_ENDINGS` (released,
+    aborted, timeout, error). A rising ``aborted`` or ``timeout`` rate points at senders
+    or destinations in trouble.
+``associations_rejected_total{reason}``
+    incoming associations we rejected, reason one of :data:`REJECT_REASONS` (anything
+    else is counted as ``other``).
+``protocol_errors_total{kind}``
+    malformed PDUs, garbage, oversized lengths... kind one of :data:`PROTOCOL_ERROR_KINDS`
+    (anything else is counted as ``other``). Invariant 5: every such event is counted.
+``config_last_reload_success_timestamp_seconds``
+    unix time of the last successful (re)load; alert when a reload failed after it.
+``metrics_snapshot_errors_total``
+    scrapes at which the queue snapshot callback raised (the queue gauges are then
+    missing from that scrape; the rest is still served).
+``process_*``
+    the standard process collector (resident memory, open fds, start time: invariant 3
+    is watched with ``process_resident_memory_bytes``). Not prefixed: these are the
+    names every Prometheus user knows. Disabled with ``Metrics(process_metrics=False)``.
+
+Dead letters are ``forwarded_instances_total{outcome="failed"}``; the number of dead
+letters kept right now is ``queue_instances{state="dead"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from router import __version__
+
+log = logging.getLogger(__name__)
+
+PREFIX = "dicom_router_"
+
+#: forwarded_instances_total{outcome}
+OUTCOMES: tuple[str, ...] = ("delivered", "warning", "retry", "failed")
+#: associations_active{direction}, associations_total{direction}
+DIRECTIONS: tuple[str, ...] = ("in", "out")
+#: queue_instances{state}: the states a queue row (one instance x one destination) can be in.
+#: ``queued``: due now, waiting for a worker; ``in_flight``: leased by a worker;
+#: ``retry_wait``: waiting for its backoff to expire; ``dead``: given up, kept for operators.
+QUEUE_STATES: tuple[str, ...] = ("queued", "in_flight", "retry_wait", "dead")
+#: config_reloads_total{result}
+RELOAD_RESULTS: tuple[str, ...] = ("ok", "error")
+#: associations_total{how}
+ASSOCIATION_ENDINGS: tuple[str, ...] = ("released", "aborted", "timeout", "error")
+#: associations_rejected_total{reason}
+REJECT_REASONS: tuple[str, ...] = (
+    "calling_ae_not_recognized",
+    "called_ae_not_recognized",
+    "too_many_associations",
+    "no_acceptable_context",
+    "protocol_version",
+    "shutting_down",
+    "other",
+)
+#: protocol_errors_total{kind}
+PROTOCOL_ERROR_KINDS: tuple[str, ...] = (
+    "malformed_pdu",
+    "unexpected_pdu",
+    "pdu_too_large",
+    "bad_pdv",
+    "bad_command",
+    "unknown_context",
+    "timeout",
+    "tls",
+    "other",
+)
+
+#: delivery_latency_seconds buckets: 10 ms (a LAN round trip with a small instance) to a
+#: day (a destination down over night), roughly 1-2.5-5 per decade, then minutes/hours.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    43200.0,
+    86400.0,
+)
+
+_OTHER = "other"
+
+
+def status_label(status: int) -> str:
+    """The ``status`` label of a DIMSE status: 4 lower-case hex digits ("0000", "a700")."""
+    if 0 <= status <= 0xFFFF:
+        return f"{status:04x}"
+    return _OTHER
+
+
+def _bounded(value: str, allowed: tuple[str, ...]) -> str:
+    return value if value in allowed else _OTHER
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What the queue reports at scrape time. Built from the queue's in-memory counters:
+    the callback runs on the event loop during a scrape and must be cheap (no SQL).
+
+    - ``instances``: destination -> state (one of :data:`QUEUE_STATES`) -> rows.
+    - ``oldest_enqueued_at``: destination -> unix time of the oldest undelivered row
+      (absent or ``None`` when nothing is waiting); the age is computed at scrape time.
+    - ``storage_free_bytes``: see :func:`disk_free_bytes`; ``None`` if unknown.
+    """
+
+    instances: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: MappingProxyType({}))
+    oldest_enqueued_at: Mapping[str, float | None] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    storage_free_bytes: int | None = None
+
+
+SnapshotSource = Callable[[], QueueSnapshot]
+
+
+def disk_free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged process may still write on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class _QueueCollector(Collector):
+    """Fills the queue gauges from the snapshot callback at every scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                PREFIX + "queue_instances",
+                "Queue rows (instance x destination) per state.",
+                labels=("destination", "state"),
+            ),
+            GaugeMetricFamily(
+                PREFIX + "queue_oldest_age_seconds",
+                "Age of the oldest undelivered queue row per destination (0 when empty).",
+                labels=("destination",),
+            ),
+            GaugeMetricFamily(
+                PREFIX + "storage_free_bytes",
+                "Bytes available to the router on the storage file system.",
+            ),
+        )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        instances, oldest, free = self._families()
+        m = self._metrics
+        source = m.snapshot_source
+        if source is not None:
+            try:
+                snap = source()
+            except Exception:
+                log.exception("queue snapshot for /metrics failed")
+                m.metrics_snapshot_errors_total.inc()
+            else:
+                now = m.clock()
+                names = set(m.destinations) | set(snap.instances) | set(snap.oldest_enqueued_at)
+                for dest in sorted(names):
+                    states = snap.instances.get(dest, {})
+                    for state in sorted(set(QUEUE_STATES) | set(states)):
+                        instances.add_metric((dest, state), float(states.get(state, 0)))
+                    t = snap.oldest_enqueued_at.get(dest)
+                    oldest.add_metric((dest,), 0.0 if t is None else max(0.0, now - t))
+                if snap.storage_free_bytes is not None:
+                    free.add_metric((), float(snap.storage_free_bytes))
+        yield instances
+        yield oldest
+        yield free
+
+
+class Metrics:
+    """The router's metrics in a registry of their own.
+
+    Attributes are named like the metric without the prefix (``received_instances_total``
+    is ``dicom_router_received_instances_total``). Prefer the small helper methods where
+    they exist: they keep label values inside their bounded sets.
+    """
+
+    def __init__(
+        self,
+        *,
+        version: str = __version__,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.clock = clock
+        self.snapshot_source: SnapshotSource | None = None
+        self.destinations: tuple[str, ...] = ()
+        r = self.registry
+        p = PREFIX
+
+        # -- ingest
+        self.received_instances_total = Counter(
+            p + "received_instances_total",
+            "Instances received and acknowledged with Success.",
+            registry=r,
+        )
+        self.received_bytes_total = Counter(
+            p + "received_bytes_total",
+            "Data set bytes of the instances received and acknowledged.",
+            registry=r,
+        )
+        self.store_responses_total = Counter(
+            p + "store_responses_total",
+            "C-STORE responses sent, by DIMSE status (4 lower-case hex digits).",
+            ("status",),
+            registry=r,
+        )
+        self.unrouted_instances_total = Counter(
+            p + "unrouted_instances_total",
+            "Instances accepted that no rule routed to any destination.",
+            registry=r,
+        )
+        self.rule_matches_total = Counter(
+            p + "rule_matches_total",
+            "Instances matched, per rule.",
+            ("rule",),
+            registry=r,
+        )
+
+        # -- forward
+        self.forwarded_instances_total = Counter(
+            p + "forwarded_instances_total",
+            "Forwarding outcomes per destination: delivered, warning, retry, failed "
+            "(failed = dead letter).",
+            ("destination", "outcome"),
+            registry=r,
+        )
+        self.forward_retries_total = Counter(
+            p + "forward_retries_total",
+            "Retries scheduled per destination.",
+            ("destination",),
+            registry=r,
+        )
+        self.delivery_latency_seconds = Histogram(
+            p + "delivery_latency_seconds",
+            "Time from receipt (acknowledgement) to delivery, per destination.",
+            ("destination",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.destination_up = Gauge(
+            p + "destination_up",
+            "1 when the last association attempt to the destination succeeded, else 0.",
+            ("destination",),
+            registry=r,
+        )
+
+        # -- associations
+        self.associations_active = Gauge(
+            p + "associations_active",
+            "Open associations; direction in (senders) or out (destinations).",
+            ("direction",),
+            registry=r,
+        )
+        self.associations_total = Counter(
+            p + "associations_total",
+            "Associations that ended, by direction and how they ended.",
+            ("direction", "how"),
+            registry=r,
+        )
+        self.associations_rejected_total = Counter(
+            p + "associations_rejected_total",
+            "Incoming associations rejected, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.protocol_errors_total = Counter(
+            p + "protocol_errors_total",
+            "Protocol errors from peers (malformed or unexpected PDUs, ...), by kind.",
+            ("kind",),
+            registry=r,
+        )
+
+        # -- config and build
+        self.config_reloads_total = Counter(
+            p + "config_reloads_total",
+            "Configuration reloads, by result (ok, error).",
+            ("result",),
+            registry=r,
+        )
+        self.config_last_reload_success_timestamp_seconds = Gauge(
+            p + "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            p + "build_info",
+            "Always 1; the router's version as a label.",
+            ("version",),
+            registry=r,
+        )
+        self.metrics_snapshot_errors_total = Counter(
+            p + "metrics_snapshot_errors_total",
+            "Scrapes at which the queue snapshot callback failed.",
+            registry=r,
+        )
+
+        # -- scrape-time gauges: queue_instances, queue_oldest_age_seconds, storage_free_bytes
+        r.register(_QueueCollector(self))
+        if process_metrics:
+            ProcessCollector(registry=r)
+
+        self.build_info.labels(version=version).set(1)
+        for d in DIRECTIONS:
+            self.associations_active.labels(direction=d)
+        for res in RELOAD_RESULTS:
+            self.config_reloads_total.labels(result=res)
+
+    # ---- wiring
+    def set_snapshot_source(self, source: SnapshotSource | None) -> None:
+        """Register the callback that fills the queue gauges at scrape time."""
+        self.snapshot_source = source
+
+    def set_destinations(self, names: Iterable[str]) -> None:
+        """Declare the configured destinations (at start and after each reload): their
+        counters appear at 0 at once (so ``rate()`` and alerts see them), and the series
+        of destinations that left the config are removed from the gauges."""
+        new = tuple(dict.fromkeys(names))
+        for gone in set(self.destinations) - set(new):
+            _remove(self.destination_up, (gone,))
+        self.destinations = new
+        for d in new:
+            for o in OUTCOMES:
+                self.forwarded_instances_total.labels(destination=d, outcome=o)
+            self.forward_retries_total.labels(destination=d)
+            self.delivery_latency_seconds.labels(destination=d)
+
+    def set_rules(self, names: Iterable[str]) -> None:
+        """Declare the configured rule names so each appears at 0 before it first matches."""
+        for name in names:
+            self.rule_matches_total.labels(rule=name)
+
+    # ---- helpers that keep labels bounded
+    def store_response(self, status: int) -> None:
+        self.store_responses_total.labels(status=status_label(status)).inc()
+
+    def instance_received(self, size: int) -> None:
+        self.received_instances_total.inc()
+        self.received_bytes_total.inc(size)
+
+    def forwarded(self, destination: str, outcome: str) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, not {outcome!r}")
+        self.forwarded_instances_total.labels(destination=destination, outcome=outcome).inc()
+
+    def delivered(self, destination: str, latency_seconds: float, *, warning: bool = False) -> None:
+        self.forwarded(destination, "warning" if warning else "delivered")
+        self.delivery_latency_seconds.labels(destination=destination).observe(
+            max(0.0, latency_seconds)
+        )
+
+    def retry_scheduled(self, destination: str) -> None:
+        self.forwarded(destination, "retry")
+        self.forward_retries_total.labels(destination=destination).inc()
+
+    def set_destination_up(self, destination: str, up: bool) -> None:
+        self.destination_up.labels(destination=destination).set(1 if up else 0)
+
+    def association_opened(self, direction: str) -> None:
+        self.associations_active.labels(direction=_direction(direction)).inc()
+
+    def association_closed(self, direction: str, how: str) -> None:
+        d = _direction(direction)
+        self.associations_active.labels(direction=d).dec()
+        self.associations_total.labels(direction=d, how=_bounded(how, ASSOCIATION_ENDINGS)).inc()
+
+    def association_rejected(self, reason: str) -> None:
+        self.associations_rejected_total.labels(reason=_bounded(reason, REJECT_REASONS)).inc()
+
+    def protocol_error(self, kind: str) -> None:
+        self.protocol_errors_total.labels(kind=_bounded(kind, PROTOCOL_ERROR_KINDS)).inc()
+
+    def rule_matched(self, rule: str) -> None:
+        self.rule_matches_total.labels(rule=rule).inc()
+
+    def config_loaded(self) -> None:
+        """The configuration was loaded at start: stamp the last-success time."""
+        self.config_last_reload_success_timestamp_seconds.set(self.clock())
+
+    def config_reloaded(self, ok: bool) -> None:
+        """A reload (SIGHUP) ended; ``ok`` False when the new config was refused."""
+        self.config_reloads_total.labels(result="ok" if ok else "error").inc()
+        if ok:
+            self.config_loaded()
+
+    def names(self) -> set[str]:
+        """Every metric family name this registry exposes (as in the text format: counters
+        with their ``_total``)."""
+        out: set[str] = set()
+        for fam in self.registry.collect():
+            out.add(fam.name + "_total" if fam.type == "counter" else fam.name)
+        return out
+
+
+def _direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    return direction
+
+
+def _remove(metric: Gauge, labels: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
