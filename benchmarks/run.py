@@ -1,0 +1,401 @@
+"""`make bench`: DCMTK storescu/storescp as the reference, our acceptor, requestor and router
+measured against it in the same run.
+
+    python -m benchmarks.run [--small N] [--large N] [--runs K] [--only SCENARIO ...]
+
+Scenarios (default: dcmtk-pair acceptor requestor router; acceptor-nagle on request):
+  dcmtk-pair      storescu -> storescp (the reference; both with TCP_NODELAY=1)
+  acceptor        storescu -> benchmarks.acceptor_server (router.dicom.Acceptor + FileSink)
+  requestor       benchmarks.requestor_client (router.dicom.associate/c_store) -> storescp
+  router          storescu -> `python -m router run` -> storescp (skipped until router.app exists)
+  acceptor-nagle  storescu with Nagle on (no TCP_NODELAY) -> acceptor_server
+
+Each scenario runs K times per size, interleaved (the order rotates every round); the
+table shows medians and each scenario's rate as a ratio of the dcmtk-pair median of the
+same size in the same invocation. Results go to bench-results/<timestamp>.json. The exit
+status is 0 whether targets are met or not (1 only for bad usage or no usable run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from benchmarks.dicomfiles import read_meta
+from benchmarks.procs import BenchError, kill_all
+from benchmarks.scenarios import (
+    DEFAULT_SCENARIOS,
+    RSS_LIMIT_MIB,
+    SCENARIOS,
+    TARGETS,
+    InputSet,
+    RunResult,
+    Settings,
+    dumps,
+    router_available,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--small", type=int, default=2000, metavar="N", help="small instances (2000)")
+    p.add_argument("--large", type=int, default=1000, metavar="N", help="large instances (1000)")
+    p.add_argument("--small-size", type=int, default=20_000, metavar="BYTES", help="(20000)")
+    p.add_argument("--large-size", type=int, default=512 * 1024, metavar="BYTES", help="(524288)")
+    p.add_argument("--runs", type=int, default=3, metavar="K", help="runs per scenario (3)")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="SCENARIO",
+        help=f"run only these (repeat or comma-separate); one of {', '.join(SCENARIOS)}. "
+        "dcmtk-pair is always added as the reference unless --no-reference",
+    )
+    p.add_argument("--no-reference", action="store_true", help="do not add dcmtk-pair to --only")
+    p.add_argument("--pdu", type=int, default=16384, help="max PDU for every peer (16384)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per run (600)")
+    p.add_argument(
+        "--bit-preserving",
+        action="store_true",
+        help="storescp +B: write data sets as received instead of decoding and re-encoding",
+    )
+    p.add_argument("--workdir", type=Path, help="scratch space (default: a new temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the data, outputs and logs")
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench-results")
+    args = p.parse_args(argv)
+    names: list[str] = []
+    for item in args.only or list(DEFAULT_SCENARIOS):
+        for name in filter(None, (s.strip() for s in item.split(","))):
+            if name not in SCENARIOS:
+                p.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+            if name not in names:
+                names.append(name)
+    if args.only and not args.no_reference and "dcmtk-pair" not in names:
+        names.insert(0, "dcmtk-pair")
+    args.scenarios = names
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if args.small < 0 or args.large < 0 or args.small + args.large == 0:
+        p.error("--small and --large must be >= 0 and not both 0")
+    return args
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def make_inputs(workdir: Path, args: argparse.Namespace) -> list[InputSet]:
+    from router.samples import write_many  # pydicom import only here
+
+    sets = []
+    for name, count, size in (
+        ("small", args.small, args.small_size),
+        ("large", args.large, args.large_size),
+    ):
+        if count <= 0:
+            continue
+        d = workdir / f"data-{name}"
+        t0 = time.perf_counter()
+        progress(f"generating {count} x {size // 1000} KB instances in {d} ...")
+        paths = write_many(d, count, size)
+        files = [read_meta(p) for p in paths]
+        s = InputSet(name, d, files)
+        progress(
+            f"  {s.count} files, {s.total_bytes / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
+        )
+        sets.append(s)
+    return sets
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(
+    results: list[RunResult], failures: list[dict[str, object]]
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    keys: list[tuple[str, str]] = []
+    for r in results:
+        if (r.scenario, r.size) not in keys:
+            keys.append((r.scenario, r.size))
+    ref: dict[str, float] = {}
+    for size in {r.size for r in results}:
+        rates = [r.rate for r in results if r.scenario == "dcmtk-pair" and r.size == size]
+        if rates:
+            ref[size] = statistics.median(rates)
+    for scenario, size in keys:
+        rs = [r for r in results if r.scenario == scenario and r.size == size]
+        rate = statistics.median(r.rate for r in rs)
+        row: dict[str, object] = {
+            "scenario": scenario,
+            "size": size,
+            "instances": rs[0].instances,
+            "runs": len(rs),
+            "failed_runs": sum(
+                1 for f in failures if f["scenario"] == scenario and f["size"] == size
+            ),
+            "instances_per_s": rate,
+            "mb_per_s": statistics.median(r.mb_s for r in rs),
+            "wall_s": statistics.median(r.wall_s for r in rs),
+            "cpu_s": statistics.median(r.cpu_s for r in rs),
+            "cpu_ours_s": _median([r.cpu_ours_s for r in rs]),
+            "cpu_peers_s": statistics.median(r.cpu_peers_s for r in rs),
+            "peak_rss_ours_mib": max(
+                (r.peak_rss_ours_mib for r in rs if r.peak_rss_ours_mib is not None), default=None
+            ),
+            "peak_rss_peers_mib": max(r.peak_rss_peers_mib for r in rs),
+            "latency_p50_s": _median([r.latency_p50_s for r in rs]),
+            "latency_p99_s": _median([r.latency_p99_s for r in rs]),
+            "latency_source": next((r.latency_source for r in rs if r.latency_source), None),
+            "ratio": rate / ref[size] if size in ref else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def verdicts(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for row in rows:
+        scenario = str(row["scenario"])
+        if scenario in TARGETS:
+            ratio = row["ratio"]
+            target = TARGETS[scenario]
+            ok = isinstance(ratio, float) and ratio >= target
+            out.append(
+                {
+                    "scenario": scenario,
+                    "size": row["size"],
+                    "check": f"rate >= {target:.1f}x dcmtk-pair",
+                    "value": ratio,
+                    "pass": ok,
+                }
+            )
+        rss = row["peak_rss_ours_mib"]
+        if isinstance(rss, float):
+            out.append(
+                {
+                    "scenario": scenario,
+                    "size": row["size"],
+                    "check": f"peak RSS < {RSS_LIMIT_MIB:.0f} MiB",
+                    "value": rss,
+                    "pass": rss < RSS_LIMIT_MIB,
+                }
+            )
+    return out
+
+
+def _fmt(v: object, spec: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int | float):
+        return format(v, spec)
+    return str(v)
+
+
+def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], when: str) -> None:
+    header = (
+        "scenario",
+        "size",
+        "n",
+        "runs",
+        "inst/s",
+        "MB/s",
+        "ratio",
+        "CPU s",
+        "ours",
+        "peers",
+        "RSS ours",
+        "p50 lat",
+        "p99 lat",
+    )
+    table = [header]
+    for r in rows:
+        runs = f"{r['runs']}" + (f"+{r['failed_runs']}F" if r["failed_runs"] else "")
+        table.append(
+            (
+                str(r["scenario"]),
+                str(r["size"]),
+                str(r["instances"]),
+                runs,
+                _fmt(r["instances_per_s"], ".0f"),
+                _fmt(r["mb_per_s"], ".1f"),
+                _fmt(r["ratio"], ".2f") + ("x" if r["ratio"] is not None else ""),
+                _fmt(r["cpu_s"], ".2f"),
+                _fmt(r["cpu_ours_s"], ".2f"),
+                _fmt(r["cpu_peers_s"], ".2f"),
+                _fmt(r["peak_rss_ours_mib"], ".1f") + (" MiB" if r["peak_rss_ours_mib"] else ""),
+                _fmt(r["latency_p50_s"], ".3f"),
+                _fmt(r["latency_p99_s"], ".3f"),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    left = {0, 1}
+    print(f"\nbenchmark results, {when} (medians; ratio = inst/s / dcmtk-pair inst/s, same size)")
+    for n, row in enumerate(table):
+        cells = [
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print("CPU s = user+sys of the measured processes (ours + DCMTK peers); MB = 10^6 bytes;")
+    print("RSS ours = peak resident set of our process (acceptor, requestor or router).")
+    if checks:
+        print()
+        for c in checks:
+            value = c["value"]
+            shown = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else value
+            verdict = "PASS" if c["pass"] else "MISS"
+            print(f"{verdict}  {c['scenario']:<15} {c['size']:<6} {c['check']:<26} {shown}")
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _tool_version(tool: str) -> str:
+    try:
+        out = subprocess.run(
+            [tool, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"benchmarks: {tool} not found; `make dcmtk` installs DCMTK", file=sys.stderr)
+            return 1
+    atexit.register(kill_all)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+    scenarios = list(args.scenarios)
+    skipped: dict[str, str] = {}
+    if "router" in scenarios:
+        why = router_available()
+        if why is not None:
+            skipped["router"] = why
+            scenarios.remove("router")
+            progress(f"skipping scenario router: {why}")
+
+    started = dt.datetime.now().astimezone()
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="dicom-router-bench-")) if own_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        workdir=workdir,
+        pdu=args.pdu,
+        timeout=args.timeout,
+        storescp_extra=("--bit-preserving",) if args.bit_preserving else (),
+        keep_logs=args.keep,
+    )
+    results: list[RunResult] = []
+    failures: list[dict[str, object]] = []
+    interrupted = False
+    try:
+        inputs = make_inputs(workdir, args)
+        total = args.runs * len(inputs) * len(scenarios)
+        n = 0
+        for rnd in range(1, args.runs + 1):
+            for inp in inputs:
+                k = (rnd - 1) % len(scenarios)
+                order = scenarios[k:] + scenarios[:k]  # rotate: no scenario always goes first
+                for name in order:
+                    n += 1
+                    tag = f"[{n}/{total}] round {rnd} {inp.name:<5} {name:<14}"
+                    try:
+                        r = SCENARIOS[name](settings, inp, rnd)
+                    except BenchError as exc:
+                        failures.append(
+                            {"scenario": name, "size": inp.name, "round": rnd, "error": str(exc)}
+                        )
+                        progress(f"{tag} FAILED: {exc}")
+                        continue
+                    results.append(r)
+                    ours = "" if r.cpu_ours_s is None else f" (ours {r.cpu_ours_s:.2f})"
+                    rss = (
+                        "" if r.peak_rss_ours_mib is None else f" rss {r.peak_rss_ours_mib:.0f} MiB"
+                    )
+                    progress(
+                        f"{tag} {r.rate:7.0f} inst/s {r.mb_s:7.1f} MB/s "
+                        f"{r.wall_s:6.2f} s cpu {r.cpu_s:.2f} s{ours}{rss}"
+                    )
+    except KeyboardInterrupt:
+        interrupted = True
+        progress("interrupted: stopping children, reporting what was measured")
+    finally:
+        kill_all()
+        if own_workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif args.keep:
+            progress(f"kept data and logs in {workdir}")
+
+    rows = summarize(results, failures)
+    checks = verdicts(rows)
+    when = started.strftime("%Y-%m-%d %H:%M %Z")
+    if rows:
+        print_table(rows, checks, when)
+    for name, why in skipped.items():
+        print(f"SKIP  {name}: {why}")
+    for f in failures:
+        first = str(f["error"]).splitlines()[0]
+        print(f"FAIL  {f['scenario']} {f['size']} round {f['round']}: {first}")
+
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "interrupted": interrupted,
+        "machine": {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "storescu": _tool_version("storescu"),
+        },
+        "settings": {
+            "scenarios": args.scenarios,
+            "runs": args.runs,
+            "small": [args.small, args.small_size],
+            "large": [args.large, args.large_size],
+            "pdu": args.pdu,
+            "storescp_bit_preserving": args.bit_preserving,
+            "TCP_NODELAY": "1 for DCMTK peers (not for acceptor-nagle's sender)",
+        },
+        "skipped": skipped,
+        "summary": rows,
+        "checks": checks,
+        "runs": [r.as_json() for r in results],
+        "failures": failures,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(dumps(report) + "\n")
+    print(f"\nwrote {out}")
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,630 @@
+"""One timed run of each scenario. Each returns a RunResult or raises BenchError.
+
+Timing: the clock starts when the sender is started (storescu) or told to go (our
+requestor client, after its imports) and stops when the sender has exited (all
+C-STORE responses received and the association released), or, for the router, when the
+last file has appeared at the final storescp.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from benchmarks.dicomfiles import FileMeta
+from benchmarks.procs import (
+    BenchError,
+    Usage,
+    free_port,
+    proc_usage,
+    read_line,
+    reap,
+    running,
+    spawn,
+    try_reap,
+    wait_listening,
+)
+
+STORESCP_AE = "STORESCP"
+OUR_AE = "BENCHSCP"
+SCU_AE = "BENCHSCU"
+ROUTER_AE = "ROUTER"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class InputSet:
+    name: str  # "small" | "large"
+    directory: Path
+    files: list[FileMeta]
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class Settings:
+    workdir: Path
+    pdu: int
+    timeout: float  # seconds allowed for one run
+    storescp_extra: tuple[str, ...] = ()
+    python: str = sys.executable
+    keep_logs: bool = False
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    size: str
+    round: int
+    instances: int
+    bytes: int
+    wall_s: float
+    cpu_ours_s: float | None  # our process (acceptor, requestor, router); None for dcmtk-pair
+    cpu_peers_s: float  # the DCMTK processes measured
+    peak_rss_ours_mib: float | None
+    peak_rss_peers_mib: float
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
+    latency_source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.wall_s
+
+    @property
+    def mb_s(self) -> float:
+        return self.bytes / self.wall_s / 1e6
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_peers_s + (self.cpu_ours_s or 0.0)
+
+    def as_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d.update(instances_per_s=self.rate, mb_per_s=self.mb_s, cpu_s=self.cpu_s)
+        return d
+
+
+def _mib(kib: int) -> float:
+    return kib / 1024
+
+
+def dcmtk_env(nodelay: bool = True) -> dict[str, str]:
+    env = dict(os.environ)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    else:
+        env.pop("TCP_NODELAY", None)
+    return env
+
+
+def py_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class RunDir:
+    """A scratch directory for one run: output dirs and logs; removed afterwards."""
+
+    def __init__(self, settings: Settings, label: str) -> None:
+        self.path = settings.workdir / f"{label}-{time.monotonic_ns()}"
+        self.path.mkdir(parents=True)
+        self.keep = settings.keep_logs
+        self._logs: list[IO[bytes]] = []
+
+    def sub(self, name: str) -> Path:
+        p = self.path / name
+        p.mkdir()
+        return p
+
+    def log(self, name: str) -> IO[bytes]:
+        f = (self.path / f"{name}.log").open("wb")
+        self._logs.append(f)
+        return f
+
+    def tail(self, name: str, lines: int = 8) -> str:
+        try:
+            text = (self.path / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def close(self) -> None:
+        for f in self._logs:
+            f.close()
+        if not self.keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _count_files(directory: Path) -> int:
+    with os.scandir(directory) as it:
+        return sum(1 for e in it if not e.name.startswith("."))
+
+
+def _storescp(settings: Settings, rd: RunDir, out: Path, port: int) -> subprocess.Popen[bytes]:
+    argv = [
+        "storescp",
+        "--aetitle",
+        STORESCP_AE,
+        "--max-pdu",
+        str(settings.pdu),
+        "--disable-host-lookup",
+        "--output-directory",
+        str(out),
+        *settings.storescp_extra,
+        str(port),
+    ]
+    return spawn(argv, env=dcmtk_env(), stderr=rd.log("storescp"))
+
+
+def _storescu_argv(
+    settings: Settings, inputs: InputSet, port: int, called_ae: str, *, verbose: bool = False
+) -> list[str]:
+    return [
+        "storescu",
+        *(["--verbose"] if verbose else []),
+        "--aetitle",
+        SCU_AE,
+        "--call",
+        called_ae,
+        "--max-pdu",
+        str(settings.pdu),
+        "--scan-directories",
+        HOST,
+        str(port),
+        str(inputs.directory),
+    ]
+
+
+def _check_sender(proc: subprocess.Popen[bytes], rd: RunDir, name: str) -> None:
+    if proc.returncode != 0:
+        raise BenchError(f"{name} exited with {proc.returncode}:\n{rd.tail(name)}")
+
+
+def _check_count(out: Path, expected: int, rd: RunDir, name: str) -> None:
+    got = _count_files(out)
+    if got != expected:
+        raise BenchError(f"{name} stored {got} files, expected {expected}:\n{rd.tail(name)}")
+
+
+# --- dcmtk-pair: storescu -> storescp --------------------------------------------------
+
+
+def run_dcmtk_pair(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    rd = RunDir(settings, "dcmtk-pair")
+    try:
+        out = rd.sub("out")
+        port = free_port()
+        deadline = time.monotonic() + settings.timeout
+        with running(_storescp(settings, rd, out, port)) as scp:
+            wait_listening(scp, port, time.monotonic() + 20, "storescp")
+            t0 = time.perf_counter()
+            scu = spawn(
+                _storescu_argv(settings, inputs, port, STORESCP_AE),
+                env=dcmtk_env(),
+                stderr=rd.log("storescu"),
+            )
+            u_scu = reap(scu, deadline, "storescu")
+            wall = time.perf_counter() - t0
+            u_scp = proc_usage(scp.pid)
+        _check_sender(scu, rd, "storescu")
+        _check_count(out, inputs.count, rd, "storescp")
+        return RunResult(
+            scenario="dcmtk-pair",
+            size=inputs.name,
+            round=rnd,
+            instances=inputs.count,
+            bytes=inputs.total_bytes,
+            wall_s=wall,
+            cpu_ours_s=None,
+            cpu_peers_s=u_scu.cpu_s + u_scp.cpu_s,
+            peak_rss_ours_mib=None,
+            peak_rss_peers_mib=_mib(max(u_scu.peak_rss_kib, u_scp.peak_rss_kib)),
+        )
+    finally:
+        rd.close()
+
+
+# --- acceptor: storescu -> our Acceptor + FileSink ----------------------------------------
+
+
+def _run_acceptor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: bool) -> RunResult:
+    name = "acceptor" if nodelay else "acceptor-nagle"
+    rd = RunDir(settings, name)
+    try:
+        out = rd.sub("out")
+        deadline = time.monotonic() + settings.timeout
+        argv = [
+            settings.python,
+            "-m",
+            "benchmarks.acceptor_server",
+            "--dir",
+            str(out),
+            "--pdu",
+            str(settings.pdu),
+            "--ae",
+            OUR_AE,
+        ]
+        srv = spawn(argv, env=py_env(), stdout=subprocess.PIPE, stderr=rd.log("acceptor"))
+        with running(srv):
+            try:
+                line = read_line(srv, time.monotonic() + 30, "acceptor_server")
+                port = int(line.split()[-1])
+            except (BenchError, ValueError) as exc:
+                msg = f"acceptor_server did not start: {exc}\n{rd.tail('acceptor')}"
+                raise BenchError(msg) from None
+            u0 = proc_usage(srv.pid)
+            t0 = time.perf_counter()
+            scu = spawn(
+                _storescu_argv(settings, inputs, port, OUR_AE),
+                env=dcmtk_env(nodelay),
+                stderr=rd.log("storescu"),
+            )
+            u_scu = reap(scu, deadline, "storescu")
+            wall = time.perf_counter() - t0
+            u1 = proc_usage(srv.pid)
+            if srv.poll() is not None:
+                raise BenchError(f"acceptor_server died ({srv.returncode}):\n{rd.tail('acceptor')}")
+        _check_sender(scu, rd, "storescu")
+        _check_count(out, inputs.count, rd, "acceptor")
+        return RunResult(
+            scenario=name,
+            size=inputs.name,
+            round=rnd,
+            instances=inputs.count,
+            bytes=inputs.total_bytes,
+            wall_s=wall,
+            cpu_ours_s=u1.cpu_s - u0.cpu_s,
+            cpu_peers_s=u_scu.cpu_s,
+            peak_rss_ours_mib=_mib(u1.peak_rss_kib),
+            peak_rss_peers_mib=_mib(u_scu.peak_rss_kib),
+        )
+    finally:
+        rd.close()
+
+
+def run_acceptor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    return _run_acceptor(settings, inputs, rnd, nodelay=True)
+
+
+def run_acceptor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    """A sender that keeps Nagle on (many hospital senders do): storescu without TCP_NODELAY."""
+    return _run_acceptor(settings, inputs, rnd, nodelay=False)
+
+
+# --- requestor: our associate()/c_store -> storescp ----------------------------------------
+
+
+def run_requestor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    rd = RunDir(settings, "requestor")
+    try:
+        out = rd.sub("out")
+        port = free_port()
+        deadline = time.monotonic() + settings.timeout
+        with running(_storescp(settings, rd, out, port)) as scp:
+            wait_listening(scp, port, time.monotonic() + 20, "storescp")
+            argv = [
+                settings.python,
+                "-m",
+                "benchmarks.requestor_client",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--called-ae",
+                STORESCP_AE,
+                "--calling-ae",
+                SCU_AE,
+                "--pdu",
+                str(settings.pdu),
+                "--wait-go",
+                str(inputs.directory),
+            ]
+            cli = spawn(
+                argv,
+                env=py_env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=rd.log("requestor"),
+            )
+            with running(cli):
+                try:
+                    line = read_line(cli, time.monotonic() + 30, "requestor_client")
+                except BenchError as exc:
+                    raise BenchError(f"{exc}\n{rd.tail('requestor')}") from None
+                if line != "ready":
+                    raise BenchError(f"requestor_client said {line!r}, expected 'ready'")
+                u0 = proc_usage(cli.pid)
+                assert cli.stdin is not None
+                t0 = time.perf_counter()
+                cli.stdin.write(b"go\n")
+                cli.stdin.close()
+                u_cli = reap(cli, deadline, "requestor_client")
+                wall = time.perf_counter() - t0
+            u_scp = proc_usage(scp.pid)
+        _check_sender(cli, rd, "requestor")
+        _check_count(out, inputs.count, rd, "storescp")
+        return RunResult(
+            scenario="requestor",
+            size=inputs.name,
+            round=rnd,
+            instances=inputs.count,
+            bytes=inputs.total_bytes,
+            wall_s=wall,
+            cpu_ours_s=u_cli.cpu_s - u0.cpu_s,
+            cpu_peers_s=u_scp.cpu_s,
+            peak_rss_ours_mib=_mib(u_cli.peak_rss_kib),
+            peak_rss_peers_mib=_mib(u_scp.peak_rss_kib),
+        )
+    finally:
+        rd.close()
+
+
+# --- router: storescu -> python -m router run -> storescp ------------------------------
+
+
+def router_available() -> str | None:
+    """None when the full router can be benchmarked, else why not."""
+    try:
+        if importlib.util.find_spec("router.app") is None:
+            return "router.app is not there yet"
+    except (ImportError, ValueError) as exc:
+        return f"router.app is not importable: {exc}"
+    return None
+
+
+ROUTER_CONFIG = """\
+# generated by benchmarks/scenarios.py for one benchmark run
+ae_title: {router_ae}
+listen: {{host: {host}, port: {port}}}
+storage: {{path: {storage}}}
+http: {{host: {host}, port: {http_port}}}
+destinations:
+  sink:
+    ae_title: {dest_ae}
+    host: {host}
+    port: {dest_port}
+    max_associations: 1
+rules:
+  - name: everything
+    forward: [sink]
+"""
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+_BUCKET = re.compile(
+    r"^dicom_router_delivery_latency_seconds_bucket\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)"
+)
+_LE = re.compile(r'le="([^"]+)"')
+
+
+def histogram_quantiles(metrics_text: str, qs: tuple[float, ...]) -> list[float] | None:
+    """Quantiles of delivery_latency_seconds (summed over destinations), as Prometheus'
+    histogram_quantile computes them: linear interpolation inside the bucket."""
+    buckets: dict[float, float] = {}
+    for line in metrics_text.splitlines():
+        m = _BUCKET.match(line)
+        if not m:
+            continue
+        le = _LE.search(m.group("labels"))
+        if not le:
+            continue
+        bound = float(le.group(1).replace("+Inf", "inf"))
+        buckets[bound] = buckets.get(bound, 0.0) + float(m.group("value"))
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    result = []
+    for q in qs:
+        rank = q * total
+        prev_bound, prev_count = 0.0, 0.0
+        value = bounds[-2] if len(bounds) > 1 else 0.0
+        for b in bounds:
+            c = buckets[b]
+            if c >= rank:
+                if b == float("inf"):
+                    value = prev_bound  # as Prometheus does: the highest finite bound
+                else:
+                    span = c - prev_count
+                    frac = (rank - prev_count) / span if span > 0 else 1.0
+                    value = prev_bound + (b - prev_bound) * frac
+                break
+            prev_bound, prev_count = b, c
+        result.append(value)
+    return result
+
+
+class _AckTimes:
+    """Reads `storescu -v` log lines and stamps each successful response (wall clock)."""
+
+    def __init__(self, stream: IO[bytes], log: IO[bytes]) -> None:
+        self.acked: dict[str, float] = {}  # input path -> time.time() of its Success response
+        self._stream = stream
+        self._log = log
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        current: str | None = None
+        for raw in self._stream:
+            self._log.write(raw)
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith("I: Sending file: "):
+                current = line[len("I: Sending file: ") :]
+            elif line.startswith("I: Received Store Response (Success") and current:
+                self.acked[os.path.realpath(current)] = time.time()
+                current = None
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _latency_from_files(acks: _AckTimes, inputs: InputSet, out: Path) -> tuple[float, float] | None:
+    """Receipt (storescu's Success response) to delivery (mtime at storescp), per instance."""
+    delivered: dict[str, float] = {}
+    with os.scandir(out) as it:
+        for e in it:
+            uid = e.name.split(".", 1)[1] if "." in e.name else e.name
+            delivered[uid] = e.stat().st_mtime
+    lat = []
+    for f in inputs.files:
+        t_ack = acks.acked.get(os.path.realpath(f.path))
+        t_del = delivered.get(f.sop_instance_uid)
+        if t_ack is not None and t_del is not None:
+            lat.append(max(0.0, t_del - t_ack))
+    if len(lat) < 2:
+        return None
+    qs = statistics.quantiles(lat, n=100, method="inclusive")
+    return qs[49], qs[98]
+
+
+def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    rd = RunDir(settings, "router")
+    try:
+        out = rd.sub("out")
+        storage = rd.sub("storage")
+        dest_port, port, http_port = free_port(), free_port(), free_port()
+        cfg = rd.path / "router.yaml"
+        cfg.write_text(
+            ROUTER_CONFIG.format(
+                router_ae=ROUTER_AE,
+                host=HOST,
+                port=port,
+                storage=storage,
+                http_port=http_port,
+                dest_ae=STORESCP_AE,
+                dest_port=dest_port,
+            )
+        )
+        deadline = time.monotonic() + settings.timeout
+        with running(_storescp(settings, rd, out, dest_port)) as scp:
+            wait_listening(scp, dest_port, time.monotonic() + 20, "storescp")
+            argv = [settings.python, "-m", "router", "run", "--config", str(cfg)]
+            router = spawn(argv, env=py_env(), stdout=rd.log("router-out"), stderr=rd.log("router"))
+            with running(router):
+                ready_by = time.monotonic() + 60
+                while _http_get(f"http://{HOST}:{http_port}/readyz")[0] != 200:
+                    if router.poll() is not None:
+                        raise BenchError(
+                            f"router exited with {router.returncode}:\n{rd.tail('router')}"
+                        )
+                    if time.monotonic() > ready_by:
+                        raise BenchError(f"router not ready within 60 s:\n{rd.tail('router')}")
+                    time.sleep(0.05)
+                u0 = proc_usage(router.pid)
+                t0 = time.perf_counter()
+                scu = spawn(
+                    _storescu_argv(settings, inputs, port, ROUTER_AE, verbose=True),
+                    env=dcmtk_env(),
+                    stderr=subprocess.PIPE,
+                )
+                assert scu.stderr is not None
+                acks = _AckTimes(scu.stderr, rd.log("storescu"))
+                u_scu: Usage | None = None
+                while True:
+                    if u_scu is None:
+                        u_scu = try_reap(scu)
+                        if u_scu is not None and scu.returncode != 0:
+                            acks.join(2)
+                            raise BenchError(
+                                f"storescu exited with {scu.returncode}:\n{rd.tail('storescu')}"
+                            )
+                    if _count_files(out) >= inputs.count:
+                        break
+                    if router.poll() is not None:
+                        raise BenchError(f"router died ({router.returncode}):\n{rd.tail('router')}")
+                    if time.monotonic() > deadline:
+                        raise BenchError(
+                            f"router delivered {_count_files(out)}/{inputs.count} by the deadline"
+                        )
+                    time.sleep(0.02)
+                wall = time.perf_counter() - t0
+                u1 = proc_usage(router.pid)
+                u_scp = proc_usage(scp.pid)
+                if u_scu is None:
+                    u_scu = reap(scu, time.monotonic() + 30, "storescu")
+                acks.join(5)
+                status, metrics = _http_get(f"http://{HOST}:{http_port}/metrics", timeout=5)
+        result = RunResult(
+            scenario="router",
+            size=inputs.name,
+            round=rnd,
+            instances=inputs.count,
+            bytes=inputs.total_bytes,
+            wall_s=wall,
+            cpu_ours_s=u1.cpu_s - u0.cpu_s,
+            cpu_peers_s=u_scu.cpu_s + u_scp.cpu_s,
+            peak_rss_ours_mib=_mib(u1.peak_rss_kib),
+            peak_rss_peers_mib=_mib(max(u_scu.peak_rss_kib, u_scp.peak_rss_kib)),
+        )
+        qs = histogram_quantiles(metrics, (0.5, 0.99)) if status == 200 else None
+        if qs is not None:
+            result.latency_p50_s, result.latency_p99_s = qs
+            result.latency_source = "metrics"
+        else:
+            fallback = _latency_from_files(acks, inputs, out)
+            if fallback is not None:
+                result.latency_p50_s, result.latency_p99_s = fallback
+                result.latency_source = "storescu log + file mtimes"
+                result.notes.append("no delivery_latency_seconds in /metrics")
+        return result
+    finally:
+        rd.close()
+
+
+Runner = Callable[[Settings, InputSet, int], RunResult]
+
+SCENARIOS: dict[str, Runner] = {
+    "dcmtk-pair": run_dcmtk_pair,
+    "acceptor": run_acceptor,
+    "requestor": run_requestor,
+    "router": run_router,
+    "acceptor-nagle": run_acceptor_nagle,
+}
+DEFAULT_SCENARIOS = ("dcmtk-pair", "acceptor", "requestor", "router")
+TARGETS: dict[str, float] = {
+    "acceptor": 0.9,
+    "requestor": 0.9,
+    "router": 0.8,
+    "acceptor-nagle": 0.9,
+}
+RSS_LIMIT_MIB = 100.0
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=str)
