@@ -309,7 +309,7 @@ def _parse_rule(node: yaml.Node, where: str, file: str, ctx: RuleContext) -> Rul
         vn = entries["name"][1]
         if isinstance(vn, yaml.ScalarNode) and vn.tag != _NULL_TAG and str(vn.value).strip():
             name = str(vn.value).strip()
-            where = f"rule '{name}'"
+            where = f"rules.{name}"
             if name in ctx.names:
                 ctx.problem(
                     file,
