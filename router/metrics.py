@@ -68,7 +68,7 @@ Extra operational metrics
     names every Prometheus user knows. Disabled with ``Metrics(process_metrics=False)``.
 
 Dead letters are ``forwarded_instances_total{outcome="failed"}``; the number of dead
-letters kept right now is ``queue_instances{state="dead"}``.
+letters kept right now is ``queue_instances{state="failed"}``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -95,16 +96,22 @@ from router import __version__
 
 log = logging.getLogger(__name__)
 
+# No ``*_created`` series next to every counter and histogram: they double the series
+# count and Prometheus' text format does not need them. (A process-wide switch of
+# prometheus_client; the router is the only user of it in its process.)
+disable_created_metrics()
+
 PREFIX = "dicom_router_"
 
 #: forwarded_instances_total{outcome}
 OUTCOMES: tuple[str, ...] = ("delivered", "warning", "retry", "failed")
 #: associations_active{direction}, associations_total{direction}
 DIRECTIONS: tuple[str, ...] = ("in", "out")
-#: queue_instances{state}: the states a queue row (one instance x one destination) can be in.
-#: ``queued``: due now, waiting for a worker; ``in_flight``: leased by a worker;
-#: ``retry_wait``: waiting for its backoff to expire; ``dead``: given up, kept for operators.
-QUEUE_STATES: tuple[str, ...] = ("queued", "in_flight", "retry_wait", "dead")
+#: queue_instances{state}: the states of a delivery row (one instance x one destination),
+#: as router.store.queue.STATES: ``pending`` (waiting for a worker or for its retry's due
+#: time), ``leased`` (a worker is sending it), ``delivered`` (until the instance is done),
+#: ``failed`` (a dead letter, kept for ``dicom-router queue retry``). Each appears at 0.
+QUEUE_STATES: tuple[str, ...] = ("pending", "leased", "delivered", "failed")
 #: config_reloads_total{result}
 RELOAD_RESULTS: tuple[str, ...] = ("ok", "error")
 #: associations_total{how}
@@ -177,16 +184,15 @@ class QueueSnapshot:
     """What the queue reports at scrape time. Built from the queue's in-memory counters:
     the callback runs on the event loop during a scrape and must be cheap (no SQL).
 
-    - ``instances``: destination -> state (one of :data:`QUEUE_STATES`) -> rows.
-    - ``oldest_enqueued_at``: destination -> unix time of the oldest undelivered row
-      (absent or ``None`` when nothing is waiting); the age is computed at scrape time.
+    - ``instances``: (destination, state) -> delivery rows, state one of
+      :data:`QUEUE_STATES` (``QueueStats.counts`` of router.store.queue).
+    - ``oldest_age_seconds``: destination -> age of the oldest undelivered row (pending
+      or leased); a destination without one shows 0 (``QueueStats.oldest_pending_age``).
     - ``storage_free_bytes``: see :func:`disk_free_bytes`; ``None`` if unknown.
     """
 
-    instances: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: MappingProxyType({}))
-    oldest_enqueued_at: Mapping[str, float | None] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    instances: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))
+    oldest_age_seconds: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     storage_free_bytes: int | None = None
 
 
@@ -237,14 +243,14 @@ class _QueueCollector(Collector):
                 log.exception("queue snapshot for /metrics failed")
                 m.metrics_snapshot_errors_total.inc()
             else:
-                now = m.clock()
-                names = set(m.destinations) | set(snap.instances) | set(snap.oldest_enqueued_at)
+                names = set(m.destinations) | {d for d, _ in snap.instances}
+                names |= set(snap.oldest_age_seconds)
+                counts = {**{(d, s): 0 for d in names for s in QUEUE_STATES}, **snap.instances}
+                for (dest, state), n in sorted(counts.items()):
+                    instances.add_metric((dest, state), float(n))
                 for dest in sorted(names):
-                    states = snap.instances.get(dest, {})
-                    for state in sorted(set(QUEUE_STATES) | set(states)):
-                        instances.add_metric((dest, state), float(states.get(state, 0)))
-                    t = snap.oldest_enqueued_at.get(dest)
-                    oldest.add_metric((dest,), 0.0 if t is None else max(0.0, now - t))
+                    age = snap.oldest_age_seconds.get(dest, 0.0)
+                    oldest.add_metric((dest,), max(0.0, float(age)))
                 if snap.storage_free_bytes is not None:
                     free.add_metric((), float(snap.storage_free_bytes))
         yield instances
