@@ -129,6 +129,17 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def _paired_ratio(results: list[RunResult], scenario: str, size: str) -> float | None:
+    """Median over rounds of (rate / dcmtk-pair rate of the same round): less noise-prone."""
+    ref = {r.round: r.rate for r in results if r.scenario == "dcmtk-pair" and r.size == size}
+    ratios = [
+        r.rate / ref[r.round]
+        for r in results
+        if r.scenario == scenario and r.size == size and r.round in ref
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 def summarize(
     results: list[RunResult], failures: list[dict[str, object]]
 ) -> list[dict[str, object]]:
@@ -167,6 +178,7 @@ def summarize(
             "latency_p99_s": _median([r.latency_p99_s for r in rs]),
             "latency_source": next((r.latency_source for r in rs if r.latency_source), None),
             "ratio": rate / ref[size] if size in ref else None,
+            "ratio_paired_median": _paired_ratio(results, scenario, size),
         }
         rows.append(row)
     return rows
@@ -220,6 +232,7 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
         "inst/s",
         "MB/s",
         "ratio",
+        "paired",
         "CPU s",
         "ours",
         "peers",
@@ -239,6 +252,7 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
                 _fmt(r["instances_per_s"], ".0f"),
                 _fmt(r["mb_per_s"], ".1f"),
                 _fmt(r["ratio"], ".2f") + ("x" if r["ratio"] is not None else ""),
+                _fmt(r["ratio_paired_median"], ".2f"),
                 _fmt(r["cpu_s"], ".2f"),
                 _fmt(r["cpu_ours_s"], ".2f"),
                 _fmt(r["cpu_peers_s"], ".2f"),
@@ -249,7 +263,9 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     left = {0, 1}
-    print(f"\nbenchmark results, {when} (medians; ratio = inst/s / dcmtk-pair inst/s, same size)")
+    print(f"\nbenchmark results, {when}: medians of each column over the runs")
+    print("ratio = median inst/s / median dcmtk-pair inst/s (same size, this invocation);")
+    print("paired = median over rounds of inst/s / the same round's dcmtk-pair inst/s")
     for n, row in enumerate(table):
         cells = [
             c.ljust(w) if i in left else c.rjust(w)
@@ -290,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmarks: {tool} not found; `make dcmtk` installs DCMTK", file=sys.stderr)
             return 1
     atexit.register(kill_all)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _on_signal)  # SIGINT too: a background job may have it ignored
 
     scenarios = list(args.scenarios)
     skipped: dict[str, str] = {}
@@ -362,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"SKIP  {name}: {why}")
     for f in failures:
-        first = str(f["error"]).splitlines()[0]
-        print(f"FAIL  {f['scenario']} {f['size']} round {f['round']}: {first}")
+        lines = str(f["error"]).splitlines() or [""]
+        last = f" ... {lines[-1].strip()}" if len(lines) > 1 else ""
+        print(f"FAIL  {f['scenario']} {f['size']} round {f['round']}: {lines[0]}{last}")
 
     report = {
         "started": started.isoformat(timespec="seconds"),
