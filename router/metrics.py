@@ -99,7 +99,7 @@ log = logging.getLogger(__name__)
 # No ``*_created`` series next to every counter and histogram: they double the series
 # count and Prometheus' text format does not need them. (A process-wide switch of
 # prometheus_client; the router is the only user of it in its process.)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "dicom_router_"
 
