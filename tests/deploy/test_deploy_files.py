@@ -10,13 +10,16 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 
+from router.http import HttpServer
 from router.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -278,3 +281,22 @@ def test_compose_stack() -> None:
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (
         DEPLOY / "container" / "Containerfile"
     )
+
+
+@pytest.mark.anyio
+async def test_container_healthcheck_command_follows_readyz(port: int) -> None:
+    """Run the image's HEALTHCHECK command itself against a live server."""
+    health = next(rest for word, rest in containerfile_instructions() if word == "HEALTHCHECK")
+    argv = json.loads(health[health.index("CMD") + 3 :].strip())
+    assert argv[0] == "python"
+    argv = [sys.executable, *(a.replace(":9108/", f":{port}/") for a in argv[1:])]
+    problems: list[str] = []
+    server = HttpServer("127.0.0.1", port, Metrics(), lambda: list(problems))
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        ok = await anyio.run_process(argv, check=False)
+        problems.append("queue not open")
+        failing = await anyio.run_process(argv, check=False)
+        tg.cancel_scope.cancel()
+    assert ok.returncode == 0, ok.stderr
+    assert failing.returncode != 0
