@@ -847,9 +847,9 @@ class Queue:
         self.retention = retention
         self.housekeeping_interval = housekeeping_interval
         self.clock = clock
-        self._send: MemoryObjectSendStream[_Job[Any]]
-        self._recv: MemoryObjectReceiveStream[_Job[Any]]
-        self._send, self._recv = anyio.create_memory_object_stream[_Job[Any]](max_pending_jobs)
+        self.max_pending_jobs = max_pending_jobs
+        self._send: MemoryObjectSendStream[_Job[Any]] | None = None
+        self._recv: MemoryObjectReceiveStream[_Job[Any]] | None = None
         self._core: _Core | None = None
         self._running = False
         self._limiter = anyio.CapacityLimiter(1)
@@ -869,21 +869,26 @@ class Queue:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Open the database, recover, report started, then serve until cancelled."""
+        if self._send is not None:
+            raise RuntimeError("a Queue runs once")
         lock_fd = _lock_storage(self.storage_dir)
         try:
             core = await anyio.to_thread.run_sync(self._open_and_recover)
             self._core = core
+            send, recv = anyio.create_memory_object_stream[_Job[Any]](self.max_pending_jobs)
+            self._send, self._recv = send, recv
             self._running = True
             try:
                 async with anyio.create_task_group() as tg:
                     if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                         tg.start_soon(self._housekeeping_loop)
                     task_status.started()
-                    await self._serve(core)
+                    await self._serve(core, recv)
             finally:
                 self._running = False
-                self._fail_pending()
-                self._recv.close()
+                self._fail_pending(recv)
+                recv.close()
+                send.close()
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(core.conn.close, limiter=self._limiter)
         finally:
@@ -903,12 +908,12 @@ class Queue:
             self._set_minima(dest, core.minima(dest))
         return core
 
-    async def _serve(self, core: _Core) -> None:
+    async def _serve(self, core: _Core, recv: MemoryObjectReceiveStream[_Job[Any]]) -> None:
         while True:
-            jobs = [await self._recv.receive()]
+            jobs = [await recv.receive()]
             while len(jobs) < self.max_batch:
                 try:
-                    jobs.append(self._recv.receive_nowait())
+                    jobs.append(recv.receive_nowait())
                 except anyio.WouldBlock:
                     break
             with anyio.CancelScope(shield=True):
@@ -946,11 +951,11 @@ class Queue:
         if ev is not None:
             ev.set()
 
-    def _fail_pending(self) -> None:
+    def _fail_pending(self, recv: MemoryObjectReceiveStream[_Job[Any]]) -> None:
         err = QueueClosed("the queue stopped")
         while True:
             try:
-                j = self._recv.receive_nowait()
+                j = recv.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             j.error = err
@@ -962,7 +967,7 @@ class Queue:
             await self.housekeeping()
 
     async def _call(self, fn: Callable[[_Core, _Delta], T], *, durable: bool = True) -> T:
-        if not self._running:
+        if not self._running or self._send is None:
             raise QueueClosed("the queue is not running")
         job: _Job[T] = _Job(fn, durable)
         with anyio.CancelScope(shield=True):
@@ -1016,6 +1021,8 @@ class Queue:
                     lambda c, d: c.insert_instance(ident, record, sink, dests, d), sink
                 )
                 try:
+                    if self._send is None:
+                        raise anyio.ClosedResourceError
                     await self._send.send(job)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     self.spool.remove(ident)

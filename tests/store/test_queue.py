@@ -1,0 +1,522 @@
+"""The queue: durability across restarts, group commit, leases and outcomes,
+recovery, retention, dead letters, counters and operator commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router.store.queue import (
+    DB_NAME,
+    Filter,
+    InstanceRecord,
+    Lease,
+    Queue,
+    QueueAdmin,
+    QueueClosed,
+    RouterRunning,
+    count_by_sql,
+)
+from router.store.spool import new_id
+
+pytestmark = pytest.mark.anyio
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+INLINE_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Req:
+    sop_class_uid: str = CT
+    sop_instance_uid: str = "1.2.3.4.5"
+    transfer_syntax: str = EXPLICIT
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@asynccontextmanager
+async def running(storage: Path, **kw: Any) -> AsyncIterator[Queue]:
+    kw.setdefault("inline_max", INLINE_MAX)
+    q = Queue(storage, **kw)
+    async with anyio.create_task_group() as tg:
+        await tg.start(q.run)
+        try:
+            yield q
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 31 + seed) & 0xFF for i in range(n))
+
+
+async def commit(
+    q: Queue,
+    size: int,
+    dests: list[str],
+    *,
+    study: str = "1.2.9",
+    seed: int = 0,
+    received_at: float | None = None,
+) -> str:
+    sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{seed}"))
+    data = payload(size, seed)
+    for i in range(0, len(data), 1000):
+        sink.write(data[i : i + 1000])
+    rec = InstanceRecord(
+        CT, f"1.2.3.{seed}", EXPLICIT, study, "MOD", "ROUTER", received_at=received_at
+    )
+    return await q.commit_instance(rec, sink, dests)
+
+
+def read_source(lease: Lease) -> bytes:
+    src = lease.source
+    raw = src.read_bytes() if isinstance(src, Path) else src
+    assert len(raw) == lease.size
+    return raw[lease.data_offset :]
+
+
+def check_counters(q: Queue) -> None:
+    st_ = q.stats()
+    counts, unrouted, active = count_by_sql(q.storage_dir)
+    assert st_.counts == counts
+    assert st_.unrouted == unrouted
+    assert st_.instances == active
+
+
+async def test_commit_then_reopen(storage: Path) -> None:
+    async with running(storage) as q:
+        small = await commit(q, 1000, ["pacs", "ai"], seed=1)
+        big = await commit(q, 50_000, ["pacs"], seed=2)
+        lost = await commit(q, 10, [], seed=3)
+        assert q.stats().counts == {("pacs", "pending"): 2, ("ai", "pending"): 1}
+        check_counters(q)
+    assert q.spool.path_for(big).exists()
+    assert not q.spool.path_for(small).exists()  # inline: inside the database
+    async with running(storage) as q2:
+        check_counters(q2)
+        assert q2.stats().unrouted == 1
+        leases = await q2.lease("pacs", 10, 60)
+        assert [le.instance_id for le in leases] == [small, big]
+        assert isinstance(leases[0].source, bytes) and isinstance(leases[1].source, Path)
+        assert read_source(leases[0]) == payload(1000, 1)
+        assert read_source(leases[1]) == payload(50_000, 2)
+        assert all(le.attempt == 1 and le.sop_class_uid == CT for le in leases)
+        entries = await q2.list_deliveries(Filter(state="unrouted"))
+        assert [e.instance_id for e in entries] == [lost]
+    assert os.listdir(storage / "tmp") == []
+
+
+async def test_group_commit_batches(storage: Path) -> None:
+    async with running(storage) as q:
+        ids: list[str] = []
+
+        async def one(i: int) -> None:
+            ids.append(await commit(q, 200 if i % 2 else 20_000, ["pacs"], seed=i))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(one, i)
+        assert len(ids) == 200
+        st_ = q.stats()
+        assert st_.commits == 200
+        assert st_.transactions < 100, st_.transactions
+        assert st_.counts == {("pacs", "pending"): 200}
+        check_counters(q)
+
+
+async def test_lease_outcome_transitions(storage: Path) -> None:
+    clock = Clock()
+    async with running(storage, clock=clock) as q:
+        a = await commit(q, 100, ["pacs"], seed=1)
+        b = await commit(q, 9000, ["pacs"], seed=2)
+        c = await commit(q, 100, ["pacs"], seed=3)
+        assert q.next_due("pacs") == clock.t
+        la, lb, lc = await q.lease("pacs", 10, 30)
+        assert (la.instance_id, lb.instance_id, lc.instance_id) == (a, b, c)
+        assert q.stats().counts == {("pacs", "leased"): 3}
+        assert q.next_due("pacs") is None
+        assert await q.lease("pacs", 10, 30) == []
+
+        # a: retried later, then delivered
+        assert await q.retry(la.delivery_id, clock.t + 10, 0xA700, "busy")
+        assert not await q.retry(la.delivery_id, clock.t + 10, 0xA700, "busy")  # not leased
+        assert q.next_due("pacs") == clock.t + 10
+        assert await q.lease("pacs", 10, 30) == []
+        clock.t += 10
+        (la2,) = await q.lease("pacs", 10, 30)
+        assert la2.delivery_id == la.delivery_id and la2.attempt == 2
+        assert await q.delivered([la2.delivery_id]) == 1
+        # b: dead letter; the data stays
+        assert await q.failed(lb.delivery_id, 0xC000, "cannot understand")
+        assert q.spool.path_for(b).exists()
+        # c: delivered with a warning
+        assert await q.delivered([lc.delivery_id], status=0xB000) == 1
+        assert await q.delivered([lc.delivery_id]) == 0  # already delivered
+        assert q.stats().counts == {("pacs", "failed"): 1}
+        assert q.stats().instances == 1
+        (dead,) = await q.list_deliveries(Filter(destination="pacs"))
+        assert (dead.instance_id, dead.state, dead.attempts) == (b, "failed", 1)
+        assert (dead.last_status, dead.last_error) == (0xC000, "cannot understand")
+        check_counters(q)
+
+
+async def test_instance_done_only_when_every_destination_delivered(storage: Path) -> None:
+    async with running(storage) as q:
+        ident = await commit(q, 9000, ["pacs", "ai"])
+        (lp,) = await q.lease("pacs", 1, 30)
+        (la,) = await q.lease("ai", 1, 30)
+        await q.delivered([lp.delivery_id])
+        assert q.spool.path_for(ident).exists()
+        assert q.stats().instances == 1
+        await q.delivered([la.delivery_id])
+        assert not q.spool.path_for(ident).exists()
+        assert q.stats().instances == 0 and q.stats().counts == {}
+        check_counters(q)
+
+
+async def test_release_does_not_count_the_attempt(storage: Path) -> None:
+    async with running(storage) as q:
+        await commit(q, 10, ["pacs"])
+        (le,) = await q.lease("pacs", 1, 30)
+        assert await q.release([le.delivery_id]) == 1
+        (le2,) = await q.lease("pacs", 1, 30)
+        assert le2.attempt == 1
+
+
+async def test_expired_lease_is_leased_again(storage: Path) -> None:
+    clock = Clock()
+    async with running(storage, clock=clock) as q:
+        await commit(q, 10, ["pacs"])
+        (le,) = await q.lease("pacs", 1, 30)
+        clock.t += 29
+        assert await q.lease("pacs", 1, 30) == []
+        clock.t += 1
+        (again,) = await q.lease("pacs", 1, 30)
+        assert again.delivery_id == le.delivery_id and again.attempt == 2
+        check_counters(q)
+
+
+async def test_recovery_returns_leases_to_pending(storage: Path) -> None:
+    async with running(storage) as q:
+        await commit(q, 10, ["pacs"])
+        await commit(q, 9000, ["pacs"])
+        assert len(await q.lease("pacs", 10, 3600)) == 2
+    async with running(storage) as q2:
+        assert q2.stats().counts == {("pacs", "pending"): 2}
+        leases = await q2.lease("pacs", 10, 3600)
+        assert [le.attempt for le in leases] == [2, 2]  # the interrupted attempt counts
+        check_counters(q2)
+
+
+async def test_orphans_swept_and_missing_files_failed_loudly(
+    storage: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(storage) as q:
+        kept = await commit(q, 9000, ["pacs"], seed=1)
+        gone = await commit(q, 9000, ["pacs", "ai"], seed=2)
+    orphan = new_id()
+    q.spool.path_for(orphan).write_bytes(b"half")
+    (storage / "tmp" / f"{new_id()}.part").write_bytes(b"partial")
+    q.spool.path_for(gone).unlink()
+    with caplog.at_level(logging.ERROR, logger="router.store.queue"):
+        async with running(storage) as q2:
+            assert not q2.spool.path_for(orphan).exists()
+            assert q2.spool.path_for(kept).exists()
+            assert os.listdir(storage / "tmp") == []
+            assert q2.stats().counts == {
+                ("pacs", "pending"): 1,
+                ("pacs", "failed"): 1,
+                ("ai", "failed"): 1,
+            }
+            failed = await q2.list_deliveries(Filter(state="failed"))
+            assert {e.instance_id for e in failed} == {gone}
+            assert all(e.last_error == "spool file missing" for e in failed)
+            check_counters(q2)
+    assert any(gone in r.getMessage() and "missing" in r.getMessage() for r in caplog.records)
+
+
+async def test_unrouted_instances_are_kept_counted_and_purgeable(storage: Path) -> None:
+    async with running(storage) as q:
+        a = await commit(q, 9000, [], seed=1, study="1.9.1")
+        b = await commit(q, 10, [], seed=2, study="1.9.2")
+        await commit(q, 10, ["pacs"], seed=3, study="1.9.1")
+        st_ = q.stats()
+        assert st_.unrouted == 2 and st_.instances == 3
+        everything = await q.list_deliveries()
+        assert [e.state for e in everything] == ["pending", "unrouted", "unrouted"]
+        assert [e.instance_id for e in await q.list_deliveries(Filter(state="unrouted"))] == [
+            a,
+            b,
+        ]
+        assert await q.purge(Filter(state="unrouted", study_uid="1.9.1")) == 1
+        assert not q.spool.path_for(a).exists()
+        assert q.stats().unrouted == 1
+        check_counters(q)
+
+
+async def test_retention_keeps_then_housekeeping_removes(storage: Path) -> None:
+    clock = Clock()
+    async with running(storage, clock=clock, retention=100.0) as q:
+        ident = await commit(q, 9000, ["pacs"])
+        (le,) = await q.lease("pacs", 1, 30)
+        await q.delivered([le.delivery_id])
+        assert q.spool.path_for(ident).exists()
+        assert q.stats().counts == {("pacs", "delivered"): 1}
+        assert q.stats().instances == 0
+        clock.t += 99
+        assert await q.housekeeping() == 0
+        clock.t += 1
+        assert await q.housekeeping() == 1
+        assert not q.spool.path_for(ident).exists()
+        assert q.stats().counts == {}
+        check_counters(q)
+
+
+async def test_dead_letters_keep_data_and_can_be_retried(storage: Path) -> None:
+    async with running(storage) as q:
+        ident = await commit(q, 9000, ["pacs"], seed=7)
+        for _ in range(3):
+            (le,) = await q.lease("pacs", 1, 30)
+            await q.retry(le.delivery_id, 0.0, 0xA700, "busy")
+        (le,) = await q.lease("pacs", 1, 30)
+        assert le.attempt == 4
+        await q.failed(le.delivery_id, 0xA700, "gave up after 4 attempts")
+        assert q.spool.path_for(ident).exists()
+        with pytest.raises(ValueError):
+            await q.retry_failed(Filter(state="pending"))
+        assert await q.retry_failed(Filter(destination="ai")) == 0
+        assert await q.retry_failed(Filter(destination="pacs")) == 1
+        (le,) = await q.lease("pacs", 1, 30)
+        assert le.attempt == 1 and read_source(le) == payload(9000, 7)
+        check_counters(q)
+
+
+async def test_operator_filters(storage: Path) -> None:
+    clock = Clock()
+    async with running(storage, clock=clock) as q:
+        old = await commit(q, 10, ["pacs", "ai"], seed=1, study="1.9.1", received_at=clock.t - 600)
+        new = await commit(q, 10, ["pacs"], seed=2, study="1.9.2")
+        f_all = await q.list_deliveries()
+        assert len(f_all) == 3
+        assert [e.instance_id for e in await q.list_deliveries(Filter(min_age=300))] == [old, old]
+        assert [e.instance_id for e in await q.list_deliveries(Filter(study_uid="1.9.2"))] == [new]
+        assert len(await q.list_deliveries(Filter(destination="pacs", limit=1))) == 1
+        assert await q.list_deliveries(Filter(state="failed")) == []
+        # purge one destination of the old instance: its data stays for the other
+        assert await q.purge(Filter(destination="ai")) == 1
+        assert q.stats().counts == {("pacs", "pending"): 2}
+        assert await q.purge(Filter(instance_id=old)) == 1
+        assert [e.instance_id for e in await q.list_deliveries()] == [new]
+        assert q.stats().instances == 1
+        check_counters(q)
+    with pytest.raises(ValueError):
+        Filter(state="bogus")
+
+
+async def test_purge_leaving_only_delivered_rows_completes_the_instance(storage: Path) -> None:
+    async with running(storage, retention=1000.0) as q:
+        ident = await commit(q, 9000, ["pacs", "ai"])
+        (le,) = await q.lease("pacs", 1, 30)
+        await q.delivered([le.delivery_id])
+        assert q.stats().instances == 1
+        await q.purge(Filter(destination="ai"))
+        assert q.stats().instances == 0  # done, kept for the retention
+        assert q.spool.path_for(ident).exists()
+        check_counters(q)
+
+
+async def test_wait_for_work(storage: Path) -> None:
+    async with running(storage) as q:
+        assert await q.wait_for_work("pacs", timeout=0.01) is False
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            assert await q.wait_for_work("pacs", timeout=10)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert not woke.is_set()
+            await commit(q, 10, ["pacs"])
+            with anyio.fail_after(5):
+                await woke.wait()
+        assert await q.wait_for_work("pacs", timeout=0)  # already due
+        (le,) = await q.lease("pacs", 1, 30)
+        # a retry due shortly: the waiter wakes at that time, without a new commit
+        await q.retry(le.delivery_id, q.clock() + 0.05)
+        start = anyio.current_time()
+        assert await q.wait_for_work("pacs", timeout=10)
+        assert 0.03 <= anyio.current_time() - start < 5
+        # other destinations are not woken
+        assert await q.wait_for_work("ai", timeout=0.01) is False
+
+
+async def test_is_full_and_closed(storage: Path) -> None:
+    async with running(storage, max_queue_instances=2) as q:
+        await commit(q, 10, ["pacs"])
+        assert not q.is_full()
+        await commit(q, 10, [])
+        assert q.is_full()
+        (le,) = await q.lease("pacs", 1, 30)
+        await q.delivered([le.delivery_id])
+        assert not q.is_full()
+    with pytest.raises(QueueClosed):
+        await commit(q, 10, ["pacs"])
+    with pytest.raises(QueueClosed):
+        await q.lease("pacs", 1, 30)
+    assert os.listdir(storage / "tmp") == []
+
+
+async def test_aborted_sink_is_refused(storage: Path) -> None:
+    async with running(storage) as q:
+        sink = q.new_sink(Req())
+        sink.write(b"x" * 10_000)
+        sink.abort()
+        with pytest.raises(ValueError):
+            await q.commit_instance(InstanceRecord(CT, "1.2", EXPLICIT), sink, ["pacs"])
+        assert q.stats().commits == 0
+    assert os.listdir(storage / "tmp") == []
+    assert q.spool.iter_ids() == []
+
+
+async def test_failed_commit_leaves_nothing(storage: Path) -> None:
+    async with running(storage) as q:
+        sink = q.new_sink(Req())
+        sink.write(b"x" * 10_000)
+        bad = InstanceRecord(CT, None, EXPLICIT)  # type: ignore[arg-type]  # NOT NULL
+        with pytest.raises(sqlite3.IntegrityError):
+            await q.commit_instance(bad, sink, ["pacs"])
+        ok = await commit(q, 10, ["pacs"])  # the queue goes on
+        assert [e.instance_id for e in await q.list_deliveries()] == [ok]
+        check_counters(q)
+    assert q.spool.iter_ids() == []
+
+
+async def test_admin_standalone(storage: Path) -> None:
+    async with running(storage) as q:
+        ident = await commit(q, 9000, ["pacs"])
+        (le,) = await q.lease("pacs", 1, 30)
+        await q.failed(le.delivery_id, 0xC000, "x")
+        with pytest.raises(RouterRunning):
+            QueueAdmin(storage)
+    with QueueAdmin(storage) as admin:
+        assert admin.counts() == ({("pacs", "failed"): 1}, 0, 1)
+        assert [e.state for e in admin.list_deliveries()] == ["failed"]
+        assert admin.retry_failed(Filter(destination="pacs")) == 1
+        assert admin.counts()[0] == {("pacs", "pending"): 1}
+        assert admin.purge(Filter(destination="pacs")) == 1
+        assert admin.counts() == ({}, 0, 0)
+        assert not q.spool.path_for(ident).exists()
+    with pytest.raises(FileNotFoundError):
+        QueueAdmin(storage / "nowhere")
+
+
+def test_two_routers_cannot_share_storage(storage: Path) -> None:
+    async def main() -> None:
+        async with running(storage):
+            with pytest.raises(RouterRunning):
+                await Queue(storage).run()
+
+    anyio.run(main)
+
+
+# --------------------------------------------------------------- counters vs GROUP BY
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("commit"),
+            st.sampled_from([10, 9000]),
+            st.lists(st.sampled_from(["a", "b"]), max_size=2),
+        ),
+        st.tuples(st.just("lease"), st.sampled_from(["a", "b"]), st.integers(1, 3)),
+        st.tuples(st.just("outcome"), st.sampled_from(["delivered", "retry", "failed", "release"])),
+        st.tuples(st.just("retry_failed"), st.sampled_from([None, "a"])),
+        st.tuples(st.just("purge"), st.sampled_from([None, "a", "b", "unrouted"])),
+        st.tuples(st.just("tick"), st.integers(0, 50)),
+        st.tuples(st.just("housekeeping")),
+        st.tuples(st.just("restart")),
+    ),
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=OPS, retention=st.sampled_from([0.0, 20.0]))
+def test_counters_equal_group_by(ops: list[tuple[Any, ...]], retention: float) -> None:
+    async def scenario(storage: Path) -> None:
+        clock = Clock()
+        leased: list[Lease] = []
+        restart = True
+        while restart:
+            restart = False
+            async with running(storage, clock=clock, retention=retention) as q:
+                check_counters(q)
+                while ops:
+                    op = ops.pop(0)
+                    kind = op[0]
+                    if kind == "commit":
+                        await commit(q, op[1], op[2])
+                    elif kind == "lease":
+                        leased += await q.lease(op[1], op[2], 30)
+                    elif kind == "outcome" and leased:
+                        le = leased.pop(0)
+                        if op[1] == "delivered":
+                            await q.delivered([le.delivery_id])
+                        elif op[1] == "retry":
+                            await q.retry(le.delivery_id, clock.t + 5, 0xA700, "busy")
+                        elif op[1] == "failed":
+                            await q.failed(le.delivery_id, 0xC000, "bad")
+                        else:
+                            await q.release([le.delivery_id])
+                    elif kind == "retry_failed":
+                        await q.retry_failed(Filter(destination=op[1]))
+                    elif kind == "purge":
+                        if op[1] == "unrouted":
+                            await q.purge(Filter(state="unrouted"))
+                        else:
+                            await q.purge(Filter(destination=op[1]))
+                    elif kind == "tick":
+                        clock.t += op[1]
+                    elif kind == "housekeeping":
+                        await q.housekeeping()
+                    elif kind == "restart":
+                        leased.clear()
+                        restart = True
+                        break
+                    check_counters(q)
+        # data and rows agree: every spooled instance has its file, and no file is extra
+        conn = sqlite3.connect(storage / DB_NAME)
+        try:
+            spooled = {r[0] for r in conn.execute("SELECT id FROM instance WHERE spooled = 1")}
+        finally:
+            conn.close()
+        assert set(q.spool.iter_ids()) == spooled
+
+    with tempfile.TemporaryDirectory() as d:
+        anyio.run(scenario, Path(d))
