@@ -174,6 +174,7 @@ class HttpServer:
                 self._limiter.acquire_nowait()
             except anyio.WouldBlock:
                 await self._send(stream, "GET", Response.text(503, "too many connections\n"))
+                await self._linger(stream)
                 return
             try:
                 await self._handle(stream)
