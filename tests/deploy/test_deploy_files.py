@@ -300,3 +300,9 @@ async def test_container_healthcheck_command_follows_readyz(port: int) -> None:
         tg.cancel_scope.cancel()
     assert ok.returncode == 0, ok.stderr
     assert failing.returncode != 0
+
+
+def test_container_config_is_valid_for_the_router() -> None:
+    from router.config import check
+
+    assert [str(p) for p in check(DEPLOY / "container" / "router.yaml")] == []
