@@ -549,7 +549,7 @@ def _problem_from_error(err: Any, loc: _Located) -> Problem:
         name = str(path[-1])
         example = _EXAMPLES.get(name, f"{name}: ...")
         parent = path[:-1]
-        line = loc.line(parent) if parent else None
+        line = loc.line(parent, key=True) if parent else None
         return Problem(loc.file, line, f"{where}: missing (required; add e.g. '{example}')")
     if typ in ("string_type",):
         message = f"expected text, got {inp!r} (put it in quotes)"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
+from pydicom.multival import ConstrainedList
 
 from router.rules.model import Condition, RouteResult, Rule, RuleMatch
 
@@ -81,7 +82,7 @@ def components(ds: Dataset, tag: int) -> tuple[Any, ...]:
         if isinstance(value, str | bytes | int | float):
             one = _norm(value)
             return _EMPTY if one is None else (one,)
-        if isinstance(value, Sequence) or hasattr(value, "__iter__"):
+        if isinstance(value, list | tuple | ConstrainedList):
             out = [c for c in (_norm(v) for v in value) if c is not None]
             return tuple(out)
         one = _norm(value)

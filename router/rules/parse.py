@@ -324,13 +324,15 @@ def _parse_rule(node: yaml.Node, where: str, file: str, ctx: RuleContext) -> Rul
     else:
         ctx.problem(file, node, f"{where}: missing 'name' (add e.g. 'name: ct-to-pacs')")
 
+    meant: set[str] = set()  # rule keys an unknown key probably stood for
     for key, (kn, _) in entries.items():
         if key not in RULE_KEYS:
-            hint = (
-                f" (did you mean '{_RULE_KEY_HINTS[key]}'?)"
-                if key in _RULE_KEY_HINTS
-                else suggest(key, RULE_KEYS)
-            )
+            if key in _RULE_KEY_HINTS:
+                meant.add(_RULE_KEY_HINTS[key])
+                hint = f" (did you mean '{_RULE_KEY_HINTS[key]}'?)"
+            else:
+                hint = suggest(key, RULE_KEYS)
+                meant.update(difflib.get_close_matches(key.lower(), RULE_KEYS, n=1))
             ctx.problem(
                 file,
                 kn,
@@ -354,7 +356,9 @@ def _parse_rule(node: yaml.Node, where: str, file: str, ctx: RuleContext) -> Rul
         else:
             ctx.problem(file, vn, f"{where}.stop: expected true or false, got {kind(vn)}")
 
-    forward = _parse_forward(entries.get("forward"), node, where, file, ctx, stop)
+    forward = _parse_forward(
+        entries.get("forward"), node, where, file, ctx, stop or "forward" in meant
+    )
 
     condition: Condition = Always()
     tags: set[int] = set()
@@ -541,10 +545,10 @@ def parse_key(text: str) -> _Key | str:
         hint = f" (did you mean '{_KEYWORD_BY_LOWER[text.lower()]}'? keywords are case-sensitive)"
     else:
         hint = suggest(text, keyword_dict)
-    if re.fullmatch(r"[0-9A-Fa-f(),x ]+", text):
+    if text[:1].isdigit() or text.startswith("(") or text.lower().startswith("0x"):
         return (
             f"'{text}' is not a tag: write (gggg,eeee) or ggggeeee in hexadecimal, "
-            "e.g. (0010,0020) or 00100020"
+            "e.g. (0010,0020) or 00100020 (inside {...} quote it: '(0010,0020)')"
         )
     return (
         f"unknown DICOM keyword '{text}'{hint}; a key is a DICOM keyword, a tag like "
@@ -775,5 +779,5 @@ def compile_rules(
         root = items.get("rules", root)
     rules = parse_rules_node(root, file, ctx)
     if ctx.problems:
-        raise ConfigError(ctx.problems)
+        raise ConfigError(sorted(ctx.problems, key=lambda p: (p.file, p.line or 0)))
     return RuleEngine(rules)
