@@ -78,6 +78,11 @@ def dests(seed: int) -> list[str]:
     return [[], ["pacs"], ["pacs", "ai"]][seed % 3]
 
 
+def expected(seed: int) -> list[str | None]:
+    """Destinations listed for an instance: None is the unrouted entry."""
+    return sorted(dests(seed), key=str) or [None]
+
+
 def run_and_kill(
     script: Path, storage: Path, root: Path, env: dict[str, str], acks: int, acked: dict[str, int]
 ) -> None:
@@ -130,8 +135,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_commit(
             assert e.state in ("pending", "unrouted")
         # every acknowledged commit is there with all its deliveries
         for ident, seed in acked.items():
-            want = dests(seed) or [None]
-            assert sorted(by_instance.get(ident, []), key=str) == sorted(want, key=str), ident
+            assert sorted(by_instance.get(ident, []), key=str) == expected(seed), ident
         # no half rows: every stored instance (acknowledged or not) is whole
         conn = sqlite3.connect(storage / DB_NAME)
         try:
@@ -143,7 +147,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_commit(
         spooled_ids = set()
         for ident, uid, spooled, data, offset, size in rows:
             seed = int(uid.rsplit(".", 1)[1])
-            assert sorted(by_instance[ident], key=str) == sorted(dests(seed) or [None], key=str)
+            assert sorted(by_instance[ident], key=str) == expected(seed)
             if spooled:
                 spooled_ids.add(ident)
                 raw = q.spool.path_for(ident).read_bytes()
