@@ -15,11 +15,16 @@ $(VENV)/.installed: pyproject.toml
 
 deps: $(VENV)/.installed
 
-# Debian's DCMTK provides the reference peers (storescu, storescp, echoscu).
+# Debian packages the suite talks to: DCMTK (reference DICOM peers: storescu, storescp,
+# echoscu), promtool (prometheus) and systemd-analyze (systemd) to check deploy/ files.
+SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd
 dcmtk:
-	@command -v storescp >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dcmtk; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $$missing; fi
 
 run: deps
 	$(VENV)/bin/dicom-router run --config $(CONFIG)
