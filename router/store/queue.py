@@ -273,7 +273,8 @@ class _Delta:
     active: int = 0
     commits: int = 0
     remove: list[tuple[str, bool]] = field(default_factory=list)  # (id, spooled) after commit
-    touched: set[str] = field(default_factory=set)  # destinations whose minima may change
+    touched: set[str] = field(default_factory=set)  # destinations whose minima may grow
+    added: dict[str, tuple[float, float]] = field(default_factory=dict)  # new rows' minima
     wake: set[str] = field(default_factory=set)  # destinations with new pending work
 
     def move(self, dest: str, old: str | None, new: str | None, n: int = 1) -> None:
@@ -285,6 +286,15 @@ class _Delta:
         if new == "pending":
             self.wake.add(dest)
 
+    def insert(self, dest: str, due_at: float, created_at: float) -> None:
+        """A new pending row: the minima only shrink, no query needed."""
+        self.counts[(dest, "pending")] += 1
+        self.wake.add(dest)
+        old = self.added.get(dest)
+        if old is not None:
+            due_at, created_at = min(old[0], due_at), min(old[1], created_at)
+        self.added[dest] = (due_at, created_at)
+
     def merge(self, other: _Delta) -> None:
         self.counts.update(other.counts)
         self.unrouted += other.unrouted
@@ -292,6 +302,11 @@ class _Delta:
         self.commits += other.commits
         self.remove.extend(other.remove)
         self.touched |= other.touched
+        for dest, (due, created) in other.added.items():
+            old = self.added.get(dest)
+            self.added[dest] = (
+                (due, created) if old is None else (min(old[0], due), min(old[1], created))
+            )
         self.wake |= other.wake
 
 
@@ -376,7 +391,7 @@ class _Core:
                 [(ident, dest, now, received, now) for dest in dests],
             )
             for dest in dests:
-                d.move(dest, None, "pending")
+                d.insert(dest, now, received)
         else:
             d.unrouted += 1
         d.active += 1
@@ -758,7 +773,7 @@ class _CommitJob(_Job[None]):
 @dataclass
 class _BatchResult:
     delta: _Delta
-    minima: dict[str, tuple[float | None, float | None]]
+    minima: dict[str, tuple[float | None, float | None]]  # recomputed after the commit
     committed: bool
 
 
@@ -784,18 +799,22 @@ def _run_batch(core: _Core, jobs: Sequence[_Job[Any]]) -> _BatchResult:
         try:
             core.conn.execute("BEGIN IMMEDIATE")
             ok: list[tuple[_Job[Any], Any, _Delta]] = []
-            for j in live:
+            if len(live) == 1:  # no savepoint needed: its failure is the transaction's
                 d = _Delta()
-                core.conn.execute("SAVEPOINT job")
-                try:
-                    result = j.fn(core, d)
-                except Exception as e:
-                    core.conn.execute("ROLLBACK TO job")
-                    core.conn.execute("RELEASE job")
-                    j.error = e
-                else:
-                    core.conn.execute("RELEASE job")
-                    ok.append((j, result, d))
+                ok.append((live[0], live[0].fn(core, d), d))
+            else:
+                for j in live:
+                    d = _Delta()
+                    core.conn.execute("SAVEPOINT job")
+                    try:
+                        result = j.fn(core, d)
+                    except Exception as e:
+                        core.conn.execute("ROLLBACK TO job")
+                        core.conn.execute("RELEASE job")
+                        j.error = e
+                    else:
+                        core.conn.execute("RELEASE job")
+                        ok.append((j, result, d))
             core.conn.execute("COMMIT")
             committed = True
         except Exception as e:
@@ -932,6 +951,12 @@ class Queue:
         self._active += d.active
         for dest, mins in res.minima.items():
             self._set_minima(dest, mins)
+        for dest, (due, created) in d.added.items():
+            if dest not in res.minima:
+                old_due = self._next_due.get(dest)
+                self._next_due[dest] = due if old_due is None else min(old_due, due)
+                old_age = self._oldest.get(dest)
+                self._oldest[dest] = created if old_age is None else min(old_age, created)
         for dest in d.wake:
             self._notify(dest)
 

@@ -50,6 +50,7 @@ IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_DNS, "dicom-r
 IMPLEMENTATION_VERSION_NAME = "DICOM_ROUTER_01"
 
 TMP_SUFFIX = ".part"
+WRITE_BUFFER = 256 * 1024  # a spilled sink writes in chunks of this size (fewer syscalls)
 SPOOL_SUFFIX = ".dcm"
 ID_LENGTH = 24
 _HEX = frozenset("0123456789abcdef")
@@ -209,8 +210,12 @@ class SpooledSink:
         path = self._tmp_dir / f"{self.id}{TMP_SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         self.tmp_path = path
-        _write_all(self._fd, self._buf)
-        self._buf = bytearray()
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._fd is not None and self._buf:
+            _write_all(self._fd, self._buf)
+            self._buf = bytearray()
 
     def write(self, data: bytes | memoryview) -> None:
         if self._aborted or self._closed:
@@ -223,18 +228,26 @@ class SpooledSink:
                 return
             self._spill()
         assert self._fd is not None
-        _write_all(self._fd, data)
         self.size += n
+        if n >= WRITE_BUFFER:
+            self._flush()
+            _write_all(self._fd, data)
+            return
+        self._buf += data
+        if len(self._buf) >= WRITE_BUFFER:
+            self._flush()
 
     def sync(self) -> None:
         """fsync the spilled file (blocking: call from a worker thread)."""
         if self._fd is not None:
+            self._flush()
             os.fsync(self._fd)
 
     def close(self) -> None:
         """No more writes; closes the file descriptor (the file stays)."""
         self._closed = True
         if self._fd is not None:
+            self._flush()
             fd, self._fd = self._fd, None
             os.close(fd)
 
@@ -259,6 +272,7 @@ class SpooledSink:
             raise ValueError("sink aborted")
         if self.tmp_path is None:
             return io.BytesIO(self._buf)
+        self._flush()
         return open(self.tmp_path, "rb")
 
 

@@ -181,3 +181,16 @@ def test_sweep_remove_and_ids(storage: Path) -> None:
     (spool.spool_dir / "00" / "README").write_bytes(b"not ours")
     assert spool.iter_ids() == [ident]
     assert spool.remove(ident) and not spool.remove(ident)
+
+
+def test_spilled_writes_of_every_size_arrive_in_order(storage: Path) -> None:
+    spool = Spool(storage, inline_max=1000)
+    sink = spool.new_sink(Req())
+    pieces = [bytes([i % 251]) * n for i, n in enumerate([10, 999, 5000, 300_000, 1, 70_000] * 3)]
+    for p in pieces:
+        sink.write(p)
+    with sink.open_for_header() as fh:  # sees every byte so far
+        assert len(fh.read()) == sink.size
+    sink.write(b"tail")
+    path = spool.install(sink)
+    assert path.read_bytes()[sink.data_offset :] == b"".join(pieces) + b"tail"
