@@ -1,11 +1,211 @@
-"""Command line: run, check, explain, queue, echo."""
+"""Command line: run, check, explain, queue, echo.
+
+Every command takes ``--config FILE`` (default ``$DICOM_ROUTER_CONFIG``, else
+``./router.yaml``). Errors are one readable line each, never a traceback: exit 1 for a
+problem the user can fix (bad config, unreachable peer), 2 for bad usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router import __version__
+from router.config import Config, check, default_config_path, explain_file, load_config
+from router.rules.model import ConfigError
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    print(f"dicom-router: not implemented yet: {' '.join(args)}", file=sys.stderr)
-    return 2
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from router import logs
+    from router.app import Router
+    from router.store.queue import RouterRunning
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    logs.setup(cfg.logging.format, cfg.logging.level)
+    try:
+        router = Router(args.config, cfg)
+        anyio.run(router.run)
+    except RouterRunning as e:
+        print(f"dicom-router: {e}: stop it first, or give this one another storage.path",
+              file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"dicom-router: cannot start: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems = check(args.config)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 1
+    cfg = load_config(args.config)
+    print(
+        f"{args.config}: ok ({len(cfg.rules)} rules, {len(cfg.destinations)} destinations)"
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    results = [
+        explain_file(cfg, f, calling_ae=args.calling_ae, called_ae=args.called_ae)
+        for f in args.files
+    ]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            _print_explanation(r)
+    return 1 if any(r["error"] for r in results) else 0
+
+
+def _print_explanation(r: dict[str, Any]) -> None:
+    print(f"{r['file']}:")
+    if r["error"]:
+        print(f"  error: {r['error']}")
+        return
+    print(f"  SOP class: {r['sop_class_uid']}")
+    print(f"  calling AE: {r['calling_ae'] or '-'}  called AE: {r['called_ae']}")
+    if not r["matched"]:
+        print("  no rule matched")
+    for m in r["matched"]:
+        where = f" ({m['file']}:{m['line']})" if m.get("file") else ""
+        print(f"  rule {m['rule']}{where} -> {', '.join(m['forward']) or '(none)'}")
+        for reason in m["reasons"]:
+            print(f"    because {reason}")
+    if r["unrouted"]:
+        print("  destinations: none (kept as unrouted)")
+    else:
+        print(f"  destinations: {', '.join(r['destinations'])}")
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    import anyio
+
+    from router.dicom import DicomError, associate
+    from router.tls import client_context
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    if args.destination not in cfg.destinations:
+        known = ", ".join(cfg.destinations) or "none configured"
+        print(f"dicom-router: no destination {args.destination!r} (known: {known})",
+              file=sys.stderr)
+        return 1
+    dest = cfg.destinations[args.destination]
+
+    async def echo() -> tuple[int, float]:
+        t0 = time.perf_counter()
+        async with associate(
+            dest.host, dest.port,
+            calling_ae=dest.calling_ae_title or cfg.ae_title, called_ae=dest.ae_title,
+            contexts=[("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
+            max_pdu_length=dest.max_pdu_length, connect_timeout=dest.connect_timeout,
+            acse_timeout=dest.acse_timeout, dimse_timeout=dest.dimse_timeout,
+            network_timeout=dest.network_timeout,
+            ssl_context=client_context(dest.tls) if dest.tls else None,
+        ) as assoc:
+            status = await assoc.c_echo()
+        return status, time.perf_counter() - t0
+
+    try:
+        status, rtt = anyio.run(echo)
+    except (DicomError, OSError) as e:
+        print(f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): failed: {e}",
+              file=sys.stderr)
+        return 1
+    print(f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): "
+          f"status {status:04x}, round trip {rtt * 1000:.1f} ms")
+    return 0 if status == 0 else 1
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from router import queue_cli
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return queue_cli.run(cfg, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, default=default_config_path(), metavar="FILE",
+        help="config file (default: $DICOM_ROUTER_CONFIG, else ./router.yaml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="dicom-router", description="Durable DICOM store-and-forward router."
+    )
+    parser.add_argument("--version", action="version", version=f"dicom-router {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="run the router in the foreground")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", parents=[common], help="validate the config and its rules")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("explain", parents=[common],
+                       help="show which rules match DICOM files and where they would go")
+    p.add_argument("files", nargs="+", type=Path, metavar="DICOM_FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--calling-ae", default=None, help="calling AE title to assume")
+    p.add_argument("--called-ae", default=None, help="called AE title to assume")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("echo", parents=[common], help="C-ECHO a configured destination")
+    p.add_argument("destination")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("queue", help="inspect and repair the queue")
+    qsub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("status", "deliveries per destination and state"),
+        ("list", "list deliveries"),
+        ("retry", "move dead letters back to pending"),
+        ("purge", "delete deliveries (asks unless --yes)"),
+    ):
+        q = qsub.add_parser(name, parents=[common], help=text)
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        if name != "status":
+            q.add_argument("--destination")
+            q.add_argument("--state")
+            q.add_argument("--older-than", dest="older_than", default=None,
+                           help="only deliveries received at least this long ago (e.g. 1h)")
+            q.add_argument("--study", dest="study_uid", default=None, help="Study Instance UID")
+            q.add_argument("--limit", type=int, default=None)
+        if name == "purge":
+            q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_queue)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rc: int = args.func(args)
+    return rc

@@ -1230,3 +1230,14 @@ def count_by_sql(storage_dir: Path) -> tuple[dict[tuple[str, str], int], int, in
         return counts, int(unrouted), int(active)
     finally:
         conn.close()
+
+
+def read_deliveries(storage_dir: Path, f: Filter = Filter()) -> list[Entry]:
+    """``list_deliveries`` for the command line, read-only and without the storage lock,
+    so it works while the router runs (WAL readers do not block the writer)."""
+    uri = (Path(storage_dir) / DB_NAME).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+    try:
+        return _Core(conn, Spool.__new__(Spool), 0.0, time.time).list_deliveries(f)
+    finally:
+        conn.close()

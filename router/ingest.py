@@ -1,0 +1,218 @@
+"""The C-STORE handler: durable first, acknowledged second.
+
+The network layer streams each data set into a sink made here (a
+:class:`~router.store.spool.SpooledSink`: in memory when small, a temp file when
+large). When the last fragment is in, :meth:`Ingest.finish_store` reads the header
+without pixel data, routes it with the current rules and hands it to the queue, which
+returns only once the bytes and one row per destination are durable. Only then is
+Success returned, so a Success on the wire always means "stored" (invariant 1). Any
+failure before that removes what was received (invariant 2) and answers a DIMSE
+failure status instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from pydicom import dcmread
+
+from router import logs
+from router.config import Config
+from router.dicom import AssociationInfo, Rejection, Status, StoreHandler, StoreRefused, StoreRequest
+from router.metrics import Metrics
+from router.store.queue import InstanceRecord, Queue, QueueClosed
+from router.store.spool import SpooledSink
+
+log = logging.getLogger("router.ingest")
+
+# Above this size the header is parsed in a worker thread: reading a spilled file's
+# header touches the disk, and the event loop serves every other association.
+_THREAD_HEADER_ABOVE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What the ingest needs from the data set, beyond what the rules read."""
+
+    sop_instance_uid: str
+    study_uid: str | None
+
+
+class GuardedSink:
+    """A sink that turns a failing write (disk full, I/O error) into a recorded error
+    instead of an exception in the network layer: the rest of the data set is
+    discarded and :meth:`Ingest.finish_store` answers with the right status."""
+
+    __slots__ = ("error", "inner")
+
+    def __init__(self, inner: SpooledSink) -> None:
+        self.inner = inner
+        self.error: OSError | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.inner.write(data)
+        except OSError as e:
+            self.error = e
+            self.inner.abort()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+def _text(value: Any) -> str:
+    return str(value or "").strip("\x00 ")
+
+
+class Ingest(StoreHandler):
+    """One per router. ``config`` is a callable so a reload swaps rules atomically:
+    each instance is routed with the config current when its data set completed."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        queue: Queue,
+        metrics: Metrics,
+        free_bytes: Callable[[], int],
+    ) -> None:
+        self._config = config
+        self._queue = queue
+        self._metrics = metrics
+        self._free_bytes = free_bytes
+
+    # -- association-level hooks: metrics and logs only
+
+    def association_opened(self, info: AssociationInfo) -> None:
+        self._metrics.association_opened("in")
+        logs.event(
+            log,
+            logging.INFO,
+            "association_opened",
+            assoc=info.id,
+            calling_ae=info.calling_ae,
+            called_ae=info.called_ae,
+            peer=f"{info.peer_host}:{info.peer_port}",
+        )
+
+    def association_closed(self, info: AssociationInfo, how: str) -> None:
+        self._metrics.association_closed("in", how)
+        logs.event(log, logging.INFO, "association_closed", assoc=info.id, how=how)
+
+    def association_rejected(self, reason: str) -> None:
+        self._metrics.association_rejected(reason)
+        logs.event(log, logging.WARNING, "association_rejected", reason=reason)
+
+    def protocol_error(self, kind: str) -> None:
+        self._metrics.protocol_error(kind)
+        logs.event(log, logging.WARNING, "protocol_error", kind=kind)
+
+    def check_association(self, info: AssociationInfo) -> Rejection | None:
+        return None
+
+    # -- C-STORE
+
+    def open_store(self, info: AssociationInfo, req: StoreRequest) -> GuardedSink:
+        cfg = self._config()
+        if self._free_bytes() < cfg.storage.min_free_bytes:
+            logs.event(
+                log, logging.ERROR, "store_refused", assoc=info.id, reason="storage_low",
+                sop_instance_uid=req.sop_instance_uid,
+            )
+            self._metrics.store_response(Status.OUT_OF_RESOURCES)
+            raise StoreRefused(Status.OUT_OF_RESOURCES)
+        if self._queue.is_full():
+            logs.event(
+                log, logging.ERROR, "store_refused", assoc=info.id, reason="queue_full",
+                sop_instance_uid=req.sop_instance_uid,
+            )
+            self._metrics.store_response(Status.OUT_OF_RESOURCES)
+            raise StoreRefused(Status.OUT_OF_RESOURCES)
+        return GuardedSink(self._queue.new_sink(req))
+
+    async def finish_store(
+        self, info: AssociationInfo, req: StoreRequest, sink: Any
+    ) -> int:
+        assert isinstance(sink, GuardedSink)
+        status = await self._finish(info, req, sink)
+        self._metrics.store_response(status)
+        return status
+
+    async def _finish(self, info: AssociationInfo, req: StoreRequest, guarded: GuardedSink) -> int:
+        sink = guarded.inner
+        if guarded.error is not None:
+            full = guarded.error.errno in (errno.ENOSPC, errno.EDQUOT)
+            logs.event(
+                log, logging.ERROR, "store_failed", assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid, error=str(guarded.error),
+            )
+            return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
+        cfg = self._config()
+        try:
+            if sink.size > _THREAD_HEADER_ABOVE:
+                ds = await anyio.to_thread.run_sync(self._read_header, sink)
+            else:
+                ds = self._read_header(sink)
+        except Exception as e:  # pydicom raises many kinds on hostile bytes
+            sink.abort()
+            logs.event(
+                log, logging.WARNING, "store_rejected", assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid, reason="undecodable",
+                error=type(e).__name__,
+            )
+            return Status.CANNOT_UNDERSTAND
+        ds_uid = _text(ds.get("SOPInstanceUID"))
+        if ds_uid != req.sop_instance_uid:
+            sink.abort()
+            logs.event(
+                log, logging.WARNING, "store_rejected", assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid, dataset_uid=ds_uid,
+                reason="sop_instance_uid_mismatch",
+            )
+            return Status.DATASET_MISMATCH
+        route = cfg.rules.route(ds, info.calling_ae, info.called_ae)
+        record = InstanceRecord(
+            sop_class_uid=req.sop_class_uid,
+            sop_instance_uid=req.sop_instance_uid,
+            transfer_syntax=req.transfer_syntax,
+            study_instance_uid=_text(ds.get("StudyInstanceUID")) or None,
+            calling_ae=info.calling_ae,
+            called_ae=info.called_ae,
+            received_at=time.time(),
+        )
+        try:
+            ident = await self._queue.commit_instance(record, sink, route.destinations)
+        except QueueClosed:
+            sink.abort()
+            return Status.OUT_OF_RESOURCES
+        except OSError as e:
+            sink.abort()
+            logs.event(
+                log, logging.ERROR, "store_failed", assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid, error=str(e),
+            )
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
+        self._metrics.instance_received(sink.size - sink.data_offset)
+        for m in route.matches:
+            self._metrics.rule_matched(m.name)
+        if not route.destinations:
+            self._metrics.unrouted_instances_total.inc()
+        logs.event(
+            log, logging.INFO, "stored", assoc=info.id, instance=ident,
+            sop_instance_uid=req.sop_instance_uid, size=sink.size - sink.data_offset,
+            destinations=",".join(route.destinations) or "-",
+        )
+        return Status.SUCCESS
+
+    @staticmethod
+    def _read_header(sink: SpooledSink) -> Any:
+        with sink.open_for_header() as fp:
+            return dcmread(fp, stop_before_pixels=True)

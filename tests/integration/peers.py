@@ -1,0 +1,242 @@
+"""Real peers for integration tests: DCMTK processes and the router as a process.
+
+Everything runs on loopback; every wait is a poll with a deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import free_port
+
+NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part-10 file: everything after the file meta group."""
+    raw = path.read_bytes()
+    if raw[128:132] != b"DICM":
+        return raw
+    # (0002,0000) UL group length right after the preamble
+    assert raw[132:136] == b"\x02\x00\x00\x00", path
+    length = int.from_bytes(raw[140:144], "little")
+    return raw[144 + length :]
+
+
+@dataclass
+class StoreSCP:
+    """DCMTK storescp writing what it receives, bit-preserving, into ``directory``."""
+
+    port: int
+    directory: Path
+    ae_title: str
+    proc: subprocess.Popen[bytes]
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if p.is_file())
+
+    def wait_files(self, n: int, timeout: float = 60.0) -> list[Path]:
+        wait_for(lambda: len(self.files()) >= n, timeout, f"{n} files at {self.ae_title}")
+        return self.files()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_storescp(
+    directory: Path,
+    ae_title: str = "DEST",
+    port: int | None = None,
+    extra: Sequence[str] = (),
+) -> StoreSCP:
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    proc = subprocess.Popen(
+        ["storescp", "--aetitle", ae_title, "--output-directory", str(directory),
+         "--bit-preserving", "--accept-all", "-su", "", *extra, str(port)],
+        env=NODELAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    scp = StoreSCP(port, directory, ae_title, proc)
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "storescp to listen")
+    except AssertionError:
+        scp.stop()
+        raise
+    if proc.poll() is not None:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"storescp exited: {err}")
+    return scp
+
+
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    called: str = "ROUTER",
+    calling: str = "MODALITY",
+    extra: Sequence[str] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["storescu", "-aet", calling, "-aec", called, "--no-halt", *extra,
+         "127.0.0.1", str(port), *map(str, files)],
+        env=NODELAY_ENV, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@dataclass
+class RouterProcess:
+    """``python -m router run`` in its own process, so kill -9 is real."""
+
+    config_path: Path
+    storage: Path
+    port: int
+    http_port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: Any = field(default=None, repr=False)
+
+    def start(self, timeout: float = 30.0) -> RouterProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "run", "--config", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.ready() or self.proc.poll() is not None, timeout,  # type: ignore[union-attr]
+                 "the router to be ready")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.log()}")
+        return self
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def ready(self) -> bool:
+        return self.http("/readyz")[0] == 200
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, text = self.http("/metrics")
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._close_log()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"router did not stop in {timeout}s:\n{self.log()}") from None
+        self._close_log()
+        return self.proc.returncode
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def write_config(
+    directory: Path,
+    destinations: dict[str, dict[str, Any]],
+    rules: list[dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> RouterProcess:
+    """A router config under ``directory`` with fast retry settings for tests."""
+    port, http_port = free_port(), free_port()
+    storage = directory / "storage"
+    fast = {"retry": {"max_attempts": 50, "initial_backoff": "100ms", "max_backoff": "1s"},
+            "circuit_breaker": {"failures": 3, "probe_interval": "500ms"}}
+    cfg: dict[str, Any] = {
+        "ae_title": "ROUTER",
+        "listen": {"host": "127.0.0.1", "port": port},
+        "storage": {"path": str(storage), "min_free_bytes": 0},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "logging": {"format": "json", "level": "info"},
+        "destinations": {n: {**fast, **d} for n, d in destinations.items()},
+        "rules": rules if rules is not None else [
+            {"name": "all", "forward": list(destinations)}
+        ],
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path = directory / "router.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return RouterProcess(path, storage, port, http_port, directory / "router.log")
+
+
+@contextlib.contextmanager
+def running(router: RouterProcess) -> Iterator[RouterProcess]:
+    router.start()
+    try:
+        yield router
+    finally:
+        if router.proc is not None and router.proc.poll() is None:
+            router.proc.kill()
+            router.proc.wait()
+        router._close_log()
