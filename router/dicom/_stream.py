@@ -1,0 +1,124 @@
+"""Whole-PDU reads and writes over an anyio byte stream (shared by both adapters)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute
+
+from router.dicom.errors import AssociationAborted, DicomTimeout
+from router.dicom.pdu import HEADER_LENGTH, parse_header
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None) if sys.platform.startswith("linux") else None
+RECEIVE_SIZE = 256 * 1024
+
+
+class PeerClosed(AssociationAborted):
+    """The transport closed without an A-ABORT or A-RELEASE."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 0)
+        self.args = ("connection closed by peer",)
+
+
+def raw_socket(stream: ByteStream) -> socket.socket | None:
+    try:
+        sock = stream.extra(SocketAttribute.raw_socket)
+    except Exception:
+        return None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class PduStream:
+    """Reads whole PDUs with our length limit checked on the header, before buffering.
+
+    `network_timeout` bounds every single receive, so a peer that stalls in the middle
+    of a PDU is timed out like one that stalls between PDUs."""
+
+    __slots__ = ("_buf", "_pos", "_quickack_sock", "network_timeout", "stream")
+
+    def __init__(
+        self, stream: ByteStream, network_timeout: float | None, quickack: bool = False
+    ) -> None:
+        self.stream = stream
+        self.network_timeout = network_timeout
+        self._buf = bytearray()
+        self._pos = 0
+        sock = raw_socket(stream)
+        set_nodelay(sock)
+        self._quickack_sock = sock if (quickack and _QUICKACK is not None) else None
+
+    async def _receive(self, timeout: float | None) -> None:
+        try:
+            if timeout is None:
+                chunk = await self.stream.receive(RECEIVE_SIZE)
+            else:
+                with anyio.fail_after(timeout):
+                    chunk = await self.stream.receive(RECEIVE_SIZE)
+        except TimeoutError:
+            raise DicomTimeout(f"no data from peer for {timeout} s") from None
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            raise PeerClosed() from None
+        sock = self._quickack_sock
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
+            except OSError:
+                self._quickack_sock = None
+        buf = self._buf
+        if self._pos:
+            if self._pos >= len(buf):
+                buf.clear()
+            else:
+                del buf[: self._pos]
+            self._pos = 0
+        buf += chunk
+
+    async def read_pdu(
+        self, limit: int, idle_timeout: float | None
+    ) -> tuple[int, bytearray | bytes]:
+        """Return (pdu_type, whole PDU including its 6-byte header).
+
+        ``idle_timeout`` applies while waiting for the first byte of the PDU; every
+        later receive is bounded by ``network_timeout``."""
+        first = True
+        while len(self._buf) - self._pos < HEADER_LENGTH:
+            await self._receive(idle_timeout if first else self.network_timeout)
+            first = False
+        pos = self._pos
+        pdu_type, length = parse_header(memoryview(self._buf)[pos : pos + HEADER_LENGTH], limit)
+        total = HEADER_LENGTH + length
+        while len(self._buf) - self._pos < total:
+            await self._receive(self.network_timeout)
+        pos = self._pos
+        buf = self._buf
+        if pos == 0 and len(buf) == total:
+            # the common case of one PDU per read burst: hand over the buffer itself
+            self._buf = bytearray()
+            return pdu_type, buf
+        pdu = buf[pos : pos + total]
+        self._pos = pos + total
+        return pdu_type, pdu
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send(data)  # type: ignore[arg-type]  # any buffer works
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise PeerClosed() from None
+
+    async def close(self) -> None:
+        try:
+            with anyio.move_on_after(1, shield=True):
+                await self.stream.aclose()
+        except Exception:
+            pass

@@ -1,0 +1,454 @@
+"""The acceptor (SCP): a thin anyio adapter over the sans-I/O core, one task per
+association, no threads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import ssl
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, TaskStatus
+from anyio.streams.tls import TLSStream
+
+from router.dicom import dimse
+from router.dicom._stream import PduStream, PeerClosed, raw_socket, set_nodelay
+from router.dicom.association import (
+    Action,
+    AssociationInfo,
+    Machine,
+    Rejection,
+    State,
+    check_ae_titles,
+    negotiate,
+)
+from router.dicom.dimse import PDataReader, Sink, Status, StoreRequest
+from router.dicom.errors import AssociationAborted, DicomTimeout, ProtocolError
+from router.dicom.handler import StoreHandler, StoreRefused
+from router.dicom.pdu import (
+    COMMAND,
+    DEFAULT_MAX_PDU,
+    MAX_ASSOCIATE_PDU,
+    RELEASE_RP,
+    AssociateRequest,
+    decode_abort,
+    decode_associate_rq,
+    encode_abort,
+    encode_associate_ac,
+    encode_associate_rj,
+    pdata_pdus,
+)
+
+log = logging.getLogger("router.dicom.acceptor")
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptorConfig:
+    ae_title: str = "ROUTER"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 16
+    max_pdu_length: int = DEFAULT_MAX_PDU
+    calling_ae_titles: frozenset[str] | None = None
+    check_called_ae: bool = True
+    accept_unknown_sop_classes: bool = True
+    acse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    dimse_timeout: float = 60.0
+    ssl_context: ssl.SSLContext | None = None
+    tls_handshake_timeout: float = 10.0
+
+
+def _peer(stream: ByteStream) -> tuple[str, int]:
+    try:
+        addr = stream.extra(SocketAttribute.remote_address)
+        if isinstance(addr, tuple):
+            return str(addr[0]), int(addr[1])
+        return str(addr), 0
+    except Exception:
+        return "?", 0
+
+
+def _fmt(**fields: Any) -> str:
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+class Acceptor:
+    def __init__(self, config: AcceptorConfig, handler: StoreHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self._active: dict[str, anyio.CancelScope] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._accept_scope: anyio.CancelScope | None = None
+        self._accepting = True
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def update(self, config: AcceptorConfig) -> None:
+        """Hot reload: AE checks, limits and timeouts apply to new associations. The
+        listening address and TLS context are those of the running server."""
+        self.config = replace(
+            config,
+            host=self.config.host,
+            port=self.config.port,
+            ssl_context=self.config.ssl_context,
+        )
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight associations to end; after ``timeout`` abort the rest.
+        Returns True when they all ended by themselves."""
+        with anyio.move_on_after(timeout):
+            while self._active:
+                await self._idle.wait()
+            return True
+        for scope in list(self._active.values()):
+            scope.cancel()
+        return False
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        listener = await anyio.create_tcp_listener(
+            local_host=cfg.host, local_port=cfg.port, reuse_port=False
+        )
+        port = int(listener.extra(SocketAttribute.local_port))
+        log.info(_fmt(event="listening", host=cfg.host, port=port, ae_title=cfg.ae_title))
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as self._accept_scope:
+                async with listener:
+                    task_status.started(port)
+                    if self._accepting:
+                        await listener.serve(self._connection, task_group=tg)
+            log.info(_fmt(event="stopped_accepting", port=port))
+            await anyio.sleep_forever()
+
+    # -- one association ---------------------------------------------------------
+
+    async def _connection(self, stream: ByteStream) -> None:
+        aid = secrets.token_hex(4)
+        host, port = _peer(stream)
+        try:
+            await self._association(aid, stream, host, port)
+        except Exception as exc:  # a peer must never take the server down
+            log.exception(_fmt(event="association_crashed", id=aid, peer=f"{host}:{port}"))
+            self._protocol_error("internal:" + type(exc).__name__)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(1):
+                        await stream.aclose()
+                except Exception:
+                    pass
+
+    def _protocol_error(self, kind: str) -> None:
+        try:
+            self.handler.protocol_error(kind)
+        except Exception:
+            log.exception(_fmt(event="handler_error", hook="protocol_error"))
+
+    def _hook(self, name: str, *args: Any) -> None:
+        try:
+            getattr(self.handler, name)(*args)
+        except Exception:
+            log.exception(_fmt(event="handler_error", hook=name))
+
+    async def _association(self, aid: str, stream: ByteStream, host: str, port: int) -> None:
+        cfg = self.config
+        set_nodelay(raw_socket(stream))
+        if cfg.ssl_context is not None:
+            try:
+                with anyio.fail_after(cfg.tls_handshake_timeout):
+                    stream = await TLSStream.wrap(
+                        stream,
+                        server_side=True,
+                        ssl_context=cfg.ssl_context,
+                        standard_compatible=False,
+                    )
+            except TimeoutError:
+                log.warning(_fmt(event="tls_handshake_timeout", id=aid, peer=f"{host}:{port}"))
+                self._protocol_error("tls_timeout")
+                return
+            except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                log.warning(
+                    _fmt(event="tls_handshake_failed", id=aid, peer=f"{host}:{port}", error=exc)
+                )
+                self._protocol_error("tls_handshake")
+                return
+
+        ps = PduStream(stream, cfg.network_timeout, quickack=True)
+        machine = Machine(State.AWAIT_RQ)
+        peer = f"{host}:{port}"
+        # 1. the A-ASSOCIATE-RQ, within the ARTIM time
+        try:
+            pdu_type, pdu = await ps.read_pdu(MAX_ASSOCIATE_PDU, cfg.acse_timeout)
+            action = machine.receive(pdu_type)
+            if action is Action.ABORTED:
+                log.info(_fmt(event="aborted_before_associate", id=aid, peer=peer))
+                return
+            if action is not Action.ASSOCIATE_RQ:
+                raise ProtocolError(
+                    f"PDU type 0x{pdu_type:02x} before A-ASSOCIATE-RQ", "unexpected_pdu"
+                )
+            rq = decode_associate_rq(bytes(pdu))
+        except DicomTimeout:
+            log.info(_fmt(event="acse_timeout", id=aid, peer=peer))
+            self._protocol_error("acse_timeout")
+            return
+        except PeerClosed:
+            log.info(_fmt(event="closed_before_associate", id=aid, peer=peer))
+            return
+        except ProtocolError as exc:
+            log.warning(_fmt(event="protocol_error", id=aid, peer=peer, kind=exc.kind, error=exc))
+            self._protocol_error(exc.kind)
+            await self._abort(ps)
+            return
+
+        info = AssociationInfo(aid, rq.calling_ae, rq.called_ae, host, port)
+        # 2. decide
+        rejection = check_ae_titles(rq, cfg.ae_title, cfg.check_called_ae, cfg.calling_ae_titles)
+        if rejection is None and (not self._accepting or len(self._active) >= cfg.max_associations):
+            rejection = Rejection.too_many_associations()
+        if rejection is None:
+            try:
+                rejection = self.handler.check_association(info)
+            except Exception:
+                log.exception(_fmt(event="handler_error", hook="check_association", id=aid))
+                rejection = Rejection.temporary_congestion()
+        if rejection is not None:
+            log.info(
+                _fmt(
+                    event="association_rejected",
+                    id=aid,
+                    calling_ae=rq.calling_ae,
+                    called_ae=rq.called_ae,
+                    peer=peer,
+                    result=rejection.result,
+                    source=rejection.source,
+                    reason=rejection.reason,
+                )
+            )
+            machine.rejected()
+            self._hook("association_rejected", rejection)
+            try:
+                with anyio.fail_after(cfg.network_timeout):
+                    await ps.send(
+                        encode_associate_rj(rejection.result, rejection.source, rejection.reason)
+                    )
+                    # give the peer the chance to close first (PS3.8 ARTIM on Sta13)
+                    await ps.read_pdu(MAX_ASSOCIATE_PDU, min(cfg.acse_timeout, 1.0))
+            except Exception:
+                pass
+            return
+
+        # 3. accept: take the slot before any further await
+        scope = anyio.CancelScope()
+        self._active[aid] = scope
+        self._idle = anyio.Event()
+        try:
+            with scope:
+                await self._established(ps, machine, rq, info, cfg)
+        finally:
+            del self._active[aid]
+            if not self._active:
+                self._idle.set()
+
+    async def _abort(self, ps: PduStream, reason: int = 0) -> None:
+        with anyio.move_on_after(1, shield=True):
+            with contextlib.suppress(Exception):
+                await ps.send(encode_abort(2, reason))
+
+    async def _established(
+        self,
+        ps: PduStream,
+        machine: Machine,
+        rq: AssociateRequest,
+        info: AssociationInfo,
+        cfg: AcceptorConfig,
+    ) -> None:
+        results = negotiate(rq.contexts, cfg.accept_unknown_sop_classes)
+        accepted = {
+            int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in results
+            if cx.result == 0 and cx.context_id is not None
+        }
+        peer_max = rq.max_pdu_length
+        peer = f"{info.peer_host}:{info.peer_port}"
+        await ps.send(encode_associate_ac(rq, results, cfg.max_pdu_length))
+        log.info(
+            _fmt(
+                event="association_accepted",
+                id=info.id,
+                calling_ae=info.calling_ae,
+                called_ae=info.called_ae,
+                peer=peer,
+                contexts=len(accepted),
+                proposed=len(rq.contexts),
+                peer_max_pdu=peer_max,
+            )
+        )
+        self._hook("association_opened", info)
+
+        reader = PDataReader(frozenset(accepted))
+        req: StoreRequest | None = None
+        sink: Sink | None = None
+        refused: StoreRefused | None = None
+        how = "error"
+        stored = 0
+        limit = cfg.max_pdu_length
+        try:
+            while True:
+                timeout = cfg.dimse_timeout if reader.in_message else cfg.network_timeout
+                pdu_type, pdu = await ps.read_pdu(limit, timeout)
+                action = machine.receive(pdu_type)
+                if action is Action.P_DATA:
+                    reader.feed(memoryview(pdu)[6:])
+                    while True:
+                        event = reader.next_event()
+                        if event == PDataReader.NEED_DATA:
+                            break
+                        if event == PDataReader.COMMAND_DONE:
+                            ctx, raw = reader.take_command()
+                            command = dimse.decode_command(raw)
+                            field = int(command.get("CommandField", 0) or 0)
+                            abstract, ts = accepted[ctx]
+                            if field == dimse.C_ECHO_RQ:
+                                mid = int(command.get("MessageID", 0) or 0)
+                                await ps.send(
+                                    pdata_pdus(ctx, dimse.echo_rsp(mid), peer_max, COMMAND, True)
+                                )
+                                log.debug(_fmt(event="echo", id=info.id, message_id=mid))
+                                continue
+                            if field != dimse.C_STORE_RQ or not dimse.has_data_set(command):
+                                raise ProtocolError(
+                                    f"unsupported command 0x{field:04x}", "unsupported_command"
+                                )
+                            req = dimse.store_request(command, ts)
+                            refused = None
+                            sink = None
+                            if req.sop_class_uid != abstract:
+                                refused = StoreRefused(Status.DATASET_SOP_CLASS_MISMATCH)
+                            else:
+                                try:
+                                    sink = self.handler.open_store(info, req)
+                                except StoreRefused as exc:
+                                    refused = exc
+                                except Exception:
+                                    log.exception(
+                                        _fmt(event="handler_error", hook="open_store", id=info.id)
+                                    )
+                                    refused = StoreRefused(Status.CANNOT_UNDERSTAND)
+                            reader.start_data(ctx, sink)
+                        else:  # DATA_DONE
+                            assert req is not None
+                            status, comment = await self._finish(info, req, sink, refused)
+                            sink = None
+                            stored += 1
+                            await ps.send(
+                                pdata_pdus(
+                                    reader.data_context,
+                                    dimse.store_rsp(
+                                        req.message_id,
+                                        req.sop_class_uid,
+                                        req.sop_instance_uid,
+                                        status,
+                                        comment,
+                                    ),
+                                    peer_max,
+                                    COMMAND,
+                                    True,
+                                )
+                            )
+                            log.debug(
+                                _fmt(
+                                    event="c_store",
+                                    id=info.id,
+                                    message_id=req.message_id,
+                                    sop_instance_uid=req.sop_instance_uid,
+                                    status=f"0x{status:04X}",
+                                    bytes=reader.data_bytes,
+                                )
+                            )
+                            req = None
+                elif action is Action.RELEASE_RQ:
+                    if reader.in_message:
+                        raise ProtocolError("A-RELEASE-RQ inside a message", "unexpected_pdu")
+                    await ps.send(RELEASE_RP)
+                    how = "released"
+                    return
+                elif action is Action.ABORTED:
+                    source, reason = decode_abort(pdu)
+                    log.info(_fmt(event="peer_aborted", id=info.id, source=source, reason=reason))
+                    how = "aborted"
+                    return
+                else:
+                    raise ProtocolError(
+                        f"unexpected PDU type 0x{pdu_type:02x} in association", "unexpected_pdu"
+                    )
+        except DicomTimeout as exc:
+            how = "timeout"
+            log.warning(_fmt(event="association_timeout", id=info.id, peer=peer, error=exc))
+            await self._abort(ps)
+        except PeerClosed:
+            how = "aborted"
+            log.info(_fmt(event="connection_lost", id=info.id, peer=peer))
+        except ProtocolError as exc:
+            how = "error"
+            log.warning(
+                _fmt(event="protocol_error", id=info.id, peer=peer, kind=exc.kind, error=exc)
+            )
+            self._protocol_error(exc.kind)
+            await self._abort(ps, 2 if exc.kind == "unexpected_pdu" else 0)
+        except AssociationAborted:
+            how = "aborted"
+        except BaseException:
+            how = "aborted"
+            with anyio.CancelScope(shield=True):
+                await self._abort(ps)
+            raise
+        finally:
+            if sink is not None:
+                try:
+                    sink.abort()
+                except Exception:
+                    log.exception(_fmt(event="handler_error", hook="sink.abort", id=info.id))
+            log.info(
+                _fmt(event="association_closed", id=info.id, how=how, stored=stored, peer=peer)
+            )
+            self._hook("association_closed", info, how)
+
+    async def _finish(
+        self,
+        info: AssociationInfo,
+        req: StoreRequest,
+        sink: Sink | None,
+        refused: StoreRefused | None,
+    ) -> tuple[int, str | None]:
+        if refused is not None or sink is None:
+            if refused is None:
+                refused = StoreRefused(Status.CANNOT_UNDERSTAND)
+            return refused.status, refused.comment
+        try:
+            # not bounded by a timeout: the handler's durable commit must not be cut short
+            return int(await self.handler.finish_store(info, req, sink)), None
+        except Exception as exc:
+            log.exception(
+                _fmt(
+                    event="finish_store_failed",
+                    id=info.id,
+                    sop_instance_uid=req.sop_instance_uid,
+                    error=type(exc).__name__,
+                )
+            )
+            with contextlib.suppress(Exception):
+                sink.abort()
+            return Status.CANNOT_UNDERSTAND, None

@@ -1,0 +1,259 @@
+"""Association control (PS3.8 section 9.2), sans-I/O.
+
+The upper-layer state machine is a table: (state, PDU type received) -> (next state,
+action). The adapters feed it PDU types and perform the action it names. Acceptance
+decisions (AE titles, limits) and presentation-context negotiation live here too.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pydicom.uid
+from pydicom._uid_dict import UID_dictionary
+from pynetdicom.presentation import (
+    PresentationContext,
+    negotiate_as_acceptor,
+    negotiate_as_requestor,
+)
+from pynetdicom.sop_class import _STORAGE_CLASSES
+
+from router.dicom.pdu import (
+    A_ABORT_TYPE,
+    A_ASSOCIATE_AC_TYPE,
+    A_ASSOCIATE_RJ_TYPE,
+    A_ASSOCIATE_RQ_TYPE,
+    A_RELEASE_RP_TYPE,
+    A_RELEASE_RQ_TYPE,
+    P_DATA_TF_TYPE,
+    AssociateRequest,
+)
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+#: every transfer syntax pydicom knows, uncompressed first (native formats preferred
+#: only where the requestor leaves the choice to us; we take its first supported one)
+TRANSFER_SYNTAXES: tuple[str, ...] = tuple(str(ts) for ts in pydicom.uid.AllTransferSyntaxes)
+
+#: every storage SOP class in pynetdicom's registry and pydicom's UID dictionary
+STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
+    {str(uid) for uid in _STORAGE_CLASSES.values()}
+    | {
+        uid
+        for uid, entry in UID_dictionary.items()
+        if entry[1] == "SOP Class" and "Storage" in entry[0] and "Commitment" not in entry[0]
+    }
+)
+
+
+def is_known_uid(uid: str) -> bool:
+    return uid in UID_dictionary or uid in STORAGE_SOP_CLASSES
+
+
+def uid_name(uid: str) -> str:
+    entry = UID_dictionary.get(uid)
+    return str(entry[0]) if entry else uid
+
+
+# -- acceptance --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ: result 1 permanent / 2 transient; source 1 service user,
+    2 provider (ACSE), 3 provider (presentation); reason per source (PS3.8 9.3.4)."""
+
+    result: int
+    source: int
+    reason: int
+
+    @property
+    def transient(self) -> bool:
+        return self.result == 2
+
+    @classmethod
+    def no_reason(cls) -> Rejection:
+        return cls(1, 1, 1)
+
+    @classmethod
+    def application_context_not_supported(cls) -> Rejection:
+        return cls(1, 1, 2)
+
+    @classmethod
+    def calling_ae_not_recognized(cls) -> Rejection:
+        return cls(1, 1, 3)
+
+    @classmethod
+    def called_ae_not_recognized(cls) -> Rejection:
+        return cls(1, 1, 7)
+
+    @classmethod
+    def protocol_version_not_supported(cls) -> Rejection:
+        return cls(1, 2, 2)
+
+    @classmethod
+    def temporary_congestion(cls) -> Rejection:
+        return cls(2, 3, 1)
+
+    @classmethod
+    def too_many_associations(cls) -> Rejection:
+        """Transient, presentation provider: local limit exceeded."""
+        return cls(2, 3, 2)
+
+    def __str__(self) -> str:
+        return f"result={self.result} source={self.source} reason={self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationInfo:
+    id: str
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    peer_port: int
+
+
+def check_ae_titles(
+    rq: AssociateRequest,
+    ae_title: str,
+    check_called_ae: bool,
+    calling_ae_titles: frozenset[str] | None,
+) -> Rejection | None:
+    if rq.application_context != "1.2.840.10008.3.1.1.1":
+        return Rejection.application_context_not_supported()
+    if check_called_ae and rq.called_ae != ae_title.strip():
+        return Rejection.called_ae_not_recognized()
+    if calling_ae_titles and rq.calling_ae not in calling_ae_titles:
+        return Rejection.calling_ae_not_recognized()
+    return None
+
+
+def negotiate(
+    proposed: Sequence[PresentationContext], accept_unknown_sop_classes: bool
+) -> list[PresentationContext]:
+    """Answer each proposed context: Verification and every storage SOP class (and,
+    when allowed, unknown/private SOP classes), with the first proposed transfer
+    syntax we support. pynetdicom's negotiate_as_acceptor does the bookkeeping; we
+    call it once per proposed context so the requestor's order decides."""
+    results: list[PresentationContext] = []
+    for rq in proposed:
+        abstract = str(rq.abstract_syntax or "")
+        ours = PresentationContext()
+        ours.abstract_syntax = abstract
+        if abstract == VERIFICATION:
+            ours.transfer_syntax = [
+                "1.2.840.10008.1.2",
+                "1.2.840.10008.1.2.1",
+                "1.2.840.10008.1.2.2",
+            ]
+            supported = True
+        else:
+            supported = abstract in STORAGE_SOP_CLASSES or (
+                accept_unknown_sop_classes and not is_known_uid(abstract)
+            )
+            ours.transfer_syntax = [str(ts) for ts in rq.transfer_syntax if str(ts) in _TS_SET] or [
+                "1.2.840.10008.1.2"
+            ]
+        accepted, _roles = negotiate_as_acceptor([rq], [ours] if supported else [])
+        results.extend(accepted)
+    return sorted(results, key=lambda cx: int(cx.context_id or 0))
+
+
+_TS_SET = frozenset(TRANSFER_SYNTAXES)
+
+
+def requestor_contexts(
+    contexts: Sequence[tuple[str, Sequence[str]]],
+) -> list[PresentationContext]:
+    """Presentation contexts to propose, odd ids from 1 (at most 128)."""
+    if len(contexts) > 128:
+        raise ValueError("at most 128 presentation contexts")
+    out = []
+    for i, (abstract, syntaxes) in enumerate(contexts):
+        cx = PresentationContext()
+        cx.context_id = 2 * i + 1
+        cx.abstract_syntax = abstract
+        cx.transfer_syntax = list(syntaxes)
+        out.append(cx)
+    return out
+
+
+def requestor_results(
+    proposed: Sequence[PresentationContext], answered: Sequence[PresentationContext]
+) -> list[PresentationContext]:
+    return list(negotiate_as_requestor(list(proposed), list(answered)))
+
+
+# -- the state machine -------------------------------------------------------------
+
+
+class State(enum.Enum):
+    AWAIT_RQ = "awaiting A-ASSOCIATE-RQ"  # acceptor, transport open (Sta2)
+    AWAIT_AC = "awaiting A-ASSOCIATE-AC/RJ"  # requestor (Sta5)
+    ESTABLISHED = "established"  # Sta6
+    AWAIT_RELEASE_RP = "awaiting A-RELEASE-RP"  # we asked to release (Sta7)
+    CLOSED = "closed"
+
+
+class Action(enum.Enum):
+    ASSOCIATE_RQ = "evaluate the A-ASSOCIATE-RQ"
+    ASSOCIATE_AC = "association accepted by the peer"
+    ASSOCIATE_RJ = "association rejected by the peer"
+    P_DATA = "process P-DATA-TF"
+    RELEASE_RQ = "peer asks to release: answer A-RELEASE-RP and close"
+    RELEASE_RP = "release confirmed: close"
+    ABORTED = "peer aborted: close"
+    PROTOCOL_ERROR = "unexpected PDU: send A-ABORT and close"
+
+
+_TABLE: dict[tuple[State, int], tuple[State, Action]] = {
+    (State.AWAIT_RQ, A_ASSOCIATE_RQ_TYPE): (State.ESTABLISHED, Action.ASSOCIATE_RQ),
+    (State.AWAIT_RQ, A_ABORT_TYPE): (State.CLOSED, Action.ABORTED),
+    (State.AWAIT_AC, A_ASSOCIATE_AC_TYPE): (State.ESTABLISHED, Action.ASSOCIATE_AC),
+    (State.AWAIT_AC, A_ASSOCIATE_RJ_TYPE): (State.CLOSED, Action.ASSOCIATE_RJ),
+    (State.AWAIT_AC, A_ABORT_TYPE): (State.CLOSED, Action.ABORTED),
+    (State.ESTABLISHED, P_DATA_TF_TYPE): (State.ESTABLISHED, Action.P_DATA),
+    (State.ESTABLISHED, A_RELEASE_RQ_TYPE): (State.CLOSED, Action.RELEASE_RQ),
+    (State.ESTABLISHED, A_ABORT_TYPE): (State.CLOSED, Action.ABORTED),
+    # after our A-RELEASE-RQ the peer may still send P-DATA it had in flight
+    (State.AWAIT_RELEASE_RP, P_DATA_TF_TYPE): (State.AWAIT_RELEASE_RP, Action.P_DATA),
+    (State.AWAIT_RELEASE_RP, A_RELEASE_RP_TYPE): (State.CLOSED, Action.RELEASE_RP),
+    # release collision: answer and close
+    (State.AWAIT_RELEASE_RP, A_RELEASE_RQ_TYPE): (State.CLOSED, Action.RELEASE_RQ),
+    (State.AWAIT_RELEASE_RP, A_ABORT_TYPE): (State.CLOSED, Action.ABORTED),
+}
+
+
+class Machine:
+    """Upper-layer state: events (PDU types received, our own requests) in, actions out."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def receive(self, pdu_type: int) -> Action:
+        try:
+            self.state, action = _TABLE[(self.state, pdu_type)]
+        except KeyError:
+            self.state = State.CLOSED
+            return Action.PROTOCOL_ERROR
+        return action
+
+    def rejected(self) -> None:
+        """We answered A-ASSOCIATE-RJ."""
+        self.state = State.CLOSED
+
+    def release_requested(self) -> None:
+        if self.state is not State.ESTABLISHED:
+            raise RuntimeError(f"cannot release in state {self.state.value}")
+        self.state = State.AWAIT_RELEASE_RP
+
+    def aborted(self) -> None:
+        self.state = State.CLOSED
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED

@@ -1,0 +1,465 @@
+"""The requestor (SCU): a thin anyio adapter over the sans-I/O core.
+
+    async with associate(host, port, calling_ae="ROUTER", called_ae="PACS",
+                         contexts=[(CTImageStorage, [ExplicitVRLittleEndian])]) as assoc:
+        rsp = await assoc.c_store(sop_class, sop_instance, ts, Path("x.dcm"), offset=...)
+
+`associate(...)` may also be awaited (`assoc = await associate(...)`); the
+Association is itself an async context manager (release on normal exit, abort on
+exception).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from router.dicom import dimse
+from router.dicom._stream import PduStream, PeerClosed
+from router.dicom.association import (
+    Action,
+    Machine,
+    State,
+    requestor_contexts,
+    requestor_results,
+)
+from router.dicom.dimse import PDataReader, StoreResponse
+from router.dicom.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    ConnectError,
+    DicomError,
+    DicomTimeout,
+    NoPresentationContext,
+    ProtocolError,
+)
+from router.dicom.pdu import (
+    COMMAND,
+    DEFAULT_MAX_PDU,
+    MAX_ASSOCIATE_PDU,
+    RELEASE_RP,
+    RELEASE_RQ,
+    UNLIMITED_SEND_PDU,
+    decode_abort,
+    decode_associate_ac,
+    decode_associate_rj,
+    encode_abort,
+    encode_associate_rq,
+    pdata_pdus,
+)
+
+log = logging.getLogger("router.dicom.requestor")
+
+READ_CHUNK = 1024 * 1024
+
+
+class ConnectTimeout(ConnectError, DicomTimeout):
+    """The TCP connect (or TLS handshake) did not complete in time."""
+
+
+class Association:
+    """An established association (requestor side). Not safe for concurrent use:
+    one DIMSE operation at a time."""
+
+    def __init__(
+        self,
+        ps: PduStream,
+        contexts: dict[int, tuple[str, str]],
+        peer_max_pdu: int,
+        our_max_pdu: int,
+        dimse_timeout: float | None,
+        acse_timeout: float | None,
+        label: str,
+    ) -> None:
+        self._ps = ps
+        self._contexts = contexts
+        self._by_key = {v: k for k, v in contexts.items()}
+        self._peer_max = peer_max_pdu or UNLIMITED_SEND_PDU
+        self._our_max = our_max_pdu
+        self._dimse_timeout = dimse_timeout
+        self._acse_timeout = acse_timeout
+        self._machine = Machine(State.ESTABLISHED)
+        self._reader = PDataReader(frozenset(contexts))
+        self._message_id = 0
+        self._label = label
+        self.peer_max_pdu = peer_max_pdu
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def is_established(self) -> bool:
+        return self._machine.established
+
+    def accepted_transfer_syntaxes(self, sop_class: str) -> list[str]:
+        return [ts for (ab, ts) in self._contexts.values() if ab == sop_class]
+
+    @property
+    def accepted_contexts(self) -> list[tuple[int, str, str]]:
+        return [(cid, ab, ts) for cid, (ab, ts) in sorted(self._contexts.items())]
+
+    # -- context manager ---------------------------------------------------------
+
+    async def __aenter__(self) -> Association:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.is_established:
+            await self._ps.close()
+            return
+        if exc_type is None:
+            await self.release()
+        else:
+            with anyio.CancelScope(shield=True):
+                await self.abort()
+
+    # -- DIMSE ---------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        self._message_id = (self._message_id % 0xFFFF) + 1
+        return self._message_id
+
+    def _context(self, sop_class: str, transfer_syntax: str | None) -> int:
+        if transfer_syntax is not None:
+            cid = self._by_key.get((sop_class, transfer_syntax))
+            if cid is not None:
+                return cid
+        else:
+            for cid, (ab, _ts) in self._contexts.items():
+                if ab == sop_class:
+                    return cid
+        raise NoPresentationContext(
+            f"no accepted presentation context for {sop_class} in {transfer_syntax}"
+        )
+
+    def _check(self) -> None:
+        if not self.is_established:
+            raise (
+                AssociationAborted(0, 0)
+                if self._machine.state is State.CLOSED
+                else DicomError(f"association is {self._machine.state.value}")
+            )
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Abort after a failure inside an operation: the association is unusable."""
+        if self._machine.state is not State.CLOSED:
+            self._machine.aborted()
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(1):
+                        await self._ps.send(encode_abort(0, 0))
+                except Exception:
+                    pass
+                await self._ps.close()
+
+    async def _response(self) -> Any:
+        """Read PDUs until a complete command set arrives; return it decoded."""
+        reader = self._reader
+        while True:
+            pdu_type, pdu = await self._ps.read_pdu(self._our_max, self._dimse_timeout)
+            action = self._machine.receive(pdu_type)
+            if action is Action.P_DATA:
+                reader.feed(memoryview(pdu)[6:])
+                event = reader.next_event()
+                if event == PDataReader.COMMAND_DONE:
+                    _ctx, raw = reader.take_command()
+                    if reader.next_event() != PDataReader.NEED_DATA:
+                        raise ProtocolError("data after a response", "unexpected_pdv")
+                    return dimse.decode_command(raw)
+                if event != PDataReader.NEED_DATA:
+                    raise ProtocolError("unexpected data set in response", "unexpected_pdv")
+            elif action is Action.ABORTED:
+                source, reason = decode_abort(pdu)
+                await self._ps.close()
+                raise AssociationAborted(source, reason)
+            else:
+                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}", "unexpected_pdu")
+
+    async def _operation(self, coro: Any) -> Any:
+        self._check()
+        try:
+            return await coro
+        except (DicomError, TimeoutError) as exc:
+            await self._fail(exc)
+            if isinstance(exc, TimeoutError):
+                raise DicomTimeout(str(exc) or "timed out") from exc
+            raise
+        except BaseException as exc:
+            await self._fail(exc)
+            raise
+
+    async def c_echo(self) -> int:
+        return int(await self._operation(self._c_echo()))
+
+    async def _c_echo(self) -> int:
+        cid = self._context("1.2.840.10008.1.1", None)
+        mid = self._next_id()
+        await self._ps.send(pdata_pdus(cid, dimse.echo_rq(mid), self._peer_max, COMMAND, True))
+        rsp = await self._response()
+        return int(rsp.get("Status", 0xC000))
+
+    async def c_store(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        source: bytes | bytearray | memoryview | Path,
+        offset: int = 0,
+        length: int | None = None,
+        priority: int = 2,
+    ) -> StoreResponse:
+        """Send one data set, streamed without decoding: the bytes of ``source`` from
+        ``offset`` for ``length`` bytes (to the end when None)."""
+        result: StoreResponse = await self._operation(
+            self._c_store(
+                sop_class_uid, sop_instance_uid, transfer_syntax, source, offset, length, priority
+            )
+        )
+        return result
+
+    async def _c_store(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        source: bytes | bytearray | memoryview | Path,
+        offset: int,
+        length: int | None,
+        priority: int,
+    ) -> StoreResponse:
+        cid = self._context(sop_class_uid, transfer_syntax)
+        mid = self._next_id()
+        peer_max = self._peer_max
+        command = dimse.store_rq(mid, sop_class_uid, sop_instance_uid, priority)
+        # full fragments: whole multiples of the fragment size per read
+        frag = peer_max - 6
+        chunk_size = max(frag, (READ_CHUNK // frag) * frag)
+        send = self._ps.send
+        if isinstance(source, Path):
+            with open(source, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if length is None:
+                    length = size - offset
+                if offset < 0 or length < 0 or offset + length > size:
+                    raise ValueError(f"{source}: range {offset}+{length} outside {size} bytes")
+                f.seek(offset)
+                first = True
+                remaining = length
+                buf = bytearray(min(chunk_size, max(remaining, 1)))
+                while first or remaining > 0:
+                    n = min(len(buf), remaining)
+                    view = memoryview(buf)[:n]
+                    got = f.readinto(view) if n else 0
+                    if got != n:
+                        raise ValueError(f"{source}: file shrank while sending")
+                    remaining -= n
+                    out = pdata_pdus(cid, view, peer_max, 0, remaining == 0)
+                    view.release()
+                    if first:
+                        out = pdata_pdus(cid, command, peer_max, COMMAND, True) + out
+                        first = False
+                    await send(out)
+        else:
+            view = memoryview(source)
+            if length is None:
+                length = len(view) - offset
+            if offset < 0 or length < 0 or offset + length > len(view):
+                raise ValueError(f"range {offset}+{length} outside {len(view)} bytes")
+            view = view[offset : offset + length]
+            pos = 0
+            first = True
+            while first or pos < length:
+                part = view[pos : pos + chunk_size]
+                pos += len(part)
+                out = pdata_pdus(cid, part, peer_max, 0, pos >= length)
+                if first:
+                    out = pdata_pdus(cid, command, peer_max, COMMAND, True) + out
+                    first = False
+                await send(out)
+        rsp = await self._response()
+        comment = rsp.get("ErrorComment")
+        return StoreResponse(int(rsp.get("Status", 0xC000)), str(comment) if comment else None)
+
+    # -- release / abort -------------------------------------------------------------
+
+    async def release(self) -> None:
+        if not self.is_established:
+            await self._ps.close()
+            return
+        self._machine.release_requested()
+        try:
+            await self._ps.send(RELEASE_RQ)
+            while True:
+                pdu_type, pdu = await self._ps.read_pdu(self._our_max, self._acse_timeout)
+                action = self._machine.receive(pdu_type)
+                if action is Action.RELEASE_RP:
+                    break
+                if action is Action.RELEASE_RQ:  # collision: answer and stop
+                    await self._ps.send(RELEASE_RP)
+                    break
+                if action is Action.ABORTED:
+                    source, reason = decode_abort(pdu)
+                    raise AssociationAborted(source, reason)
+                if action is Action.P_DATA:
+                    continue
+                raise ProtocolError(f"unexpected PDU 0x{pdu_type:02x} in release", "unexpected_pdu")
+        except (DicomError, TimeoutError) as exc:
+            await self._fail(exc)
+            if isinstance(exc, TimeoutError | DicomTimeout):
+                raise DicomTimeout("no A-RELEASE-RP in time") from exc
+            if not isinstance(exc, PeerClosed):
+                raise
+        finally:
+            self._machine.aborted()
+            await self._ps.close()
+        log.info(f"event=association_released peer={self._label}")
+
+    async def abort(self) -> None:
+        if self._machine.state is State.CLOSED:
+            await self._ps.close()
+            return
+        await self._fail(AssociationAborted(0, 0))
+        log.info(f"event=association_aborted_by_us peer={self._label}")
+
+
+async def _associate(
+    host: str,
+    port: int,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    max_pdu_length: int = DEFAULT_MAX_PDU,
+    connect_timeout: float | None = 10.0,
+    acse_timeout: float | None = 30.0,
+    dimse_timeout: float | None = 60.0,
+    network_timeout: float | None = 60.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Association:
+    proposed = requestor_contexts(contexts)
+    label = f"{host}:{port}"
+    try:
+        with anyio.fail_after(connect_timeout):
+            if ssl_context is None:
+                stream: Any = await anyio.connect_tcp(host, port)
+            else:
+                stream = await anyio.connect_tcp(
+                    host, port, ssl_context=ssl_context, tls_standard_compatible=False
+                )
+    except TimeoutError:
+        raise ConnectTimeout(f"connect to {label} timed out") from None
+    except (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        raise ConnectError(f"cannot connect to {label}: {exc}") from exc
+    ps = PduStream(stream, network_timeout)
+    machine = Machine(State.AWAIT_AC)
+    try:
+        await ps.send(encode_associate_rq(calling_ae, called_ae, proposed, max_pdu_length))
+        pdu_type, pdu = await ps.read_pdu(MAX_ASSOCIATE_PDU, acse_timeout)
+        action = machine.receive(pdu_type)
+        if action is Action.ASSOCIATE_RJ:
+            result, source, reason = decode_associate_rj(bytes(pdu))
+            log.info(
+                f"event=association_rejected_by_peer peer={label} called_ae={called_ae} "
+                f"result={result} source={source} reason={reason}"
+            )
+            raise AssociationRejected(result, source, reason)
+        if action is Action.ABORTED:
+            source, reason = decode_abort(pdu)
+            raise AssociationAborted(source, reason)
+        if action is not Action.ASSOCIATE_AC:
+            raise ProtocolError(f"unexpected PDU 0x{pdu_type:02x} to A-ASSOCIATE-RQ")
+        ac = decode_associate_ac(bytes(pdu))
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            if isinstance(exc, ProtocolError):
+                try:
+                    with anyio.move_on_after(1):
+                        await ps.send(encode_abort(0, 0))
+                except Exception:
+                    pass
+            await ps.close()
+        if isinstance(exc, PeerClosed):
+            raise AssociationAborted(2, 0) from exc
+        raise
+    results = requestor_results(proposed, ac.contexts)
+    accepted = {
+        int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+        for cx in results
+        if cx.result == 0 and cx.context_id is not None and cx.transfer_syntax
+    }
+    log.info(
+        f"event=association_established peer={label} calling_ae={calling_ae} "
+        f"called_ae={called_ae} contexts={len(accepted)} peer_max_pdu={ac.max_pdu_length}"
+    )
+    return Association(
+        ps, accepted, ac.max_pdu_length, max_pdu_length, dimse_timeout, acse_timeout, label
+    )
+
+
+class _AssociateCall:
+    """What `associate` returns: awaitable, or an async context manager."""
+
+    def __init__(self, host: str, port: int, kwargs: dict[str, Any]) -> None:
+        self._args = (host, port)
+        self._kwargs = kwargs
+        self._assoc: Association | None = None
+
+    def __await__(self) -> Generator[Any, None, Association]:
+        return _associate(*self._args, **self._kwargs).__await__()
+
+    async def __aenter__(self) -> Association:
+        self._assoc = await _associate(*self._args, **self._kwargs)
+        return self._assoc
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._assoc is not None
+        await self._assoc.__aexit__(exc_type, exc, tb)
+
+
+def associate(
+    host: str,
+    port: int,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    max_pdu_length: int = DEFAULT_MAX_PDU,
+    connect_timeout: float | None = 10.0,
+    acse_timeout: float | None = 30.0,
+    dimse_timeout: float | None = 60.0,
+    network_timeout: float | None = 60.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> _AssociateCall:
+    """Open an association. Use as ``async with associate(...) as assoc`` or
+    ``assoc = await associate(...)``."""
+    return _AssociateCall(
+        host,
+        port,
+        dict(
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            contexts=contexts,
+            max_pdu_length=max_pdu_length,
+            connect_timeout=connect_timeout,
+            acse_timeout=acse_timeout,
+            dimse_timeout=dimse_timeout,
+            network_timeout=network_timeout,
+            ssl_context=ssl_context,
+        ),
+    )
