@@ -1,0 +1,172 @@
+"""Helpers for router.dicom tests (imported as a top-level module): a recording handler and a running acceptor."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from router.dicom import (
+    Acceptor,
+    AcceptorConfig,
+    AssociationInfo,
+    FileSink,
+    Rejection,
+    Sink,
+    StoreHandler,
+    StoreRequest,
+    associate,
+)
+
+VERIFICATION = "1.2.840.10008.1.1"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass
+class Stored:
+    req: StoreRequest
+    path: Path
+    calling_ae: str
+
+
+@dataclass
+class RecordingHandler(StoreHandler):
+    """Writes each data set to a FileSink in ``directory``; records every hook."""
+
+    directory: Path
+    stored: list[Stored] = field(default_factory=list)
+    opened: list[AssociationInfo] = field(default_factory=list)
+    closed: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    sinks: list[FileSink] = field(default_factory=list)
+    status: int = 0
+
+    def open_store(self, info: AssociationInfo, req: StoreRequest) -> Sink:
+        sink = FileSink(self.directory)
+        self.sinks.append(sink)
+        return sink
+
+    async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Sink) -> int:
+        assert isinstance(sink, FileSink)
+        sink.close()
+        self.stored.append(Stored(req, sink.path, info.calling_ae))
+        return self.status
+
+    def association_opened(self, info: AssociationInfo) -> None:
+        self.opened.append(info)
+
+    def association_closed(self, info: AssociationInfo, how: str) -> None:
+        self.closed.append((info.id, how))
+
+    def association_rejected(self, reason: Rejection) -> None:
+        self.rejected.append(reason)
+
+    def protocol_error(self, kind: str) -> None:
+        self.errors.append(kind)
+
+
+def config(port: int = 0, **kw: object) -> AcceptorConfig:
+    base: dict[str, object] = dict(
+        ae_title="ROUTER",
+        host="127.0.0.1",
+        port=port,
+        max_associations=8,
+        acse_timeout=10,
+        network_timeout=10,
+        dimse_timeout=10,
+    )
+    base.update(kw)
+    return AcceptorConfig(**base)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(acceptor: Acceptor) -> AsyncIterator[int]:
+    """Run ``acceptor.serve`` in a task group; yield the bound port."""
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(acceptor.serve)
+        try:
+            yield port
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def echo(port: int, called_ae: str = "ROUTER", calling_ae: str = "ECHO") -> int:
+    async with associate(
+        "127.0.0.1",
+        port,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        contexts=[(VERIFICATION, ["1.2.840.10008.1.2"])],
+        acse_timeout=10,
+        dimse_timeout=10,
+    ) as assoc:
+        return await assoc.c_echo()
+
+
+async def wait_for(predicate: object, timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` until true, with a deadline."""
+    with anyio.fail_after(timeout):
+        while not predicate():  # type: ignore[operator]
+            await anyio.sleep(0.01)
+
+
+async def run_tool(args: Sequence[str], timeout: float = 60) -> tuple[int, str]:
+    """Run a DCMTK tool with TCP_NODELAY=1; return (exit code, stdout+stderr)."""
+    with anyio.fail_after(timeout):
+        r = await anyio.run_process(list(args), check=False, env=DCMTK_ENV)
+    return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def raw_connect(port: int) -> anyio.abc.SocketStream:
+    return await anyio.connect_tcp("127.0.0.1", port)
+
+
+async def recv_until_closed(stream: anyio.abc.SocketStream, timeout: float = 10) -> bytes:
+    """Read until the peer closes; fail if it does not within ``timeout``."""
+    out = b""
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                out += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+                return out
+
+
+@asynccontextmanager
+async def storescp(port: int, outdir: Path, *extra: str) -> AsyncIterator[anyio.abc.Process]:
+    """A DCMTK storescp (TCP_NODELAY=1) on ``port`` writing into ``outdir``; ready when
+    it accepts connections."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    proc = await anyio.open_process(
+        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)],
+        env=DCMTK_ENV,
+    )
+    try:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    s = await anyio.connect_tcp("127.0.0.1", port)
+                    await s.aclose()
+                    break
+                except OSError:
+                    assert proc.returncode is None, "storescp exited"
+                    await anyio.sleep(0.02)
+        yield proc
+    finally:
+        proc.terminate()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await proc.wait()
+        await proc.aclose()
