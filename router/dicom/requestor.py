@@ -88,6 +88,7 @@ class Association:
         self._machine = Machine(State.ESTABLISHED)
         self._reader = PDataReader(frozenset(contexts))
         self._message_id = 0
+        self._dirty = False
         self._label = label
         self.peer_max_pdu = peer_max_pdu
 
@@ -187,17 +188,31 @@ class Association:
                 raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}", "unexpected_pdu")
 
     async def _operation(self, coro: Any) -> Any:
-        self._check()
+        """Run one DIMSE exchange. A failure after the first byte went out leaves the
+        association in an unknown state: it is aborted. A failure before (no context,
+        bad range) leaves it usable."""
+        try:
+            self._check()
+        except BaseException:
+            coro.close()
+            raise
+        self._dirty = False
         try:
             return await coro
         except (DicomError, TimeoutError) as exc:
-            await self._fail(exc)
+            if self._dirty or not isinstance(exc, NoPresentationContext):
+                await self._fail(exc)
             if isinstance(exc, TimeoutError):
                 raise DicomTimeout(str(exc) or "timed out") from exc
             raise
         except BaseException as exc:
-            await self._fail(exc)
+            if self._dirty:
+                await self._fail(exc)
             raise
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> None:
+        self._dirty = True
+        await self._ps.send(data)
 
     async def c_echo(self) -> int:
         return int(await self._operation(self._c_echo()))
@@ -205,7 +220,7 @@ class Association:
     async def _c_echo(self) -> int:
         cid = self._context("1.2.840.10008.1.1", None)
         mid = self._next_id()
-        await self._ps.send(pdata_pdus(cid, dimse.echo_rq(mid), self._peer_max, COMMAND, True))
+        await self._send(pdata_pdus(cid, dimse.echo_rq(mid), self._peer_max, COMMAND, True))
         rsp = await self._response()
         return int(rsp.get("Status", 0xC000))
 
@@ -245,7 +260,7 @@ class Association:
         # full fragments: whole multiples of the fragment size per read
         frag = peer_max - 6
         chunk_size = max(frag, (READ_CHUNK // frag) * frag)
-        send = self._ps.send
+        send = self._send
         if isinstance(source, Path):
             with open(source, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size

@@ -1,4 +1,4 @@
-"""Helpers for router.dicom tests (imported as a top-level module): a recording handler and a running acceptor."""
+"""Helpers for router.dicom tests (a top-level module): recording handler, peers."""
 
 from __future__ import annotations
 
