@@ -43,8 +43,9 @@ def source(path: Path) -> tuple[str, str, str, int]:
 
 
 async def test_store_to_storescp(dcmtk: Path, tmp_path: Path) -> None:
-    files = write_many(tmp_path / "src", 20, size=40_000) + [
-        write_dataset(tmp_path / "big.dcm", size=3_000_000),
+    files = [
+        *write_many(tmp_path / "src", 20, size=40000),
+        write_dataset(tmp_path / "big.dcm", size=3000000),
         write_dataset(tmp_path / "impl.dcm", transfer_syntax=IMPLICIT),
     ]
     out = tmp_path / "out"
