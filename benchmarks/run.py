@@ -1,9 +1,9 @@
 """`make bench`: DCMTK storescu/storescp as the reference, our acceptor, requestor and router
 measured against it in the same run.
 
-    python -m benchmarks.run [--small N] [--large N] [--runs K] [--only SCENARIO ...]
+    python -m benchmarks.run [--small N] [--large N] [--runs K] [--only S,...] [--skip S,...]
 
-Scenarios (default: dcmtk-pair acceptor requestor router; acceptor-nagle on request):
+Scenarios (default: all of them; --only picks, --skip leaves out):
   dcmtk-pair      storescu -> storescp (the reference; both with TCP_NODELAY=1)
   acceptor        storescu -> benchmarks.acceptor_server (router.dicom.Acceptor + FileSink)
   requestor       benchmarks.requestor_client (router.dicom.associate/c_store) -> storescp
@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--small", type=int, default=2000, metavar="N", help="small instances (2000)")
@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SCENARIO",
         help=f"run only these (repeat or comma-separate); one of {', '.join(SCENARIOS)}. "
         "dcmtk-pair is always added as the reference unless --no-reference",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="leave these out (repeat or comma-separate), e.g. --skip acceptor-nagle",
     )
     p.add_argument("--no-reference", action="store_true", help="do not add dcmtk-pair to --only")
     p.add_argument("--pdu", type=int, default=16384, help="max PDU for every peer (16384)")
@@ -89,6 +96,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 names.append(name)
     if args.only and not args.no_reference and "dcmtk-pair" not in names:
         names.insert(0, "dcmtk-pair")
+    for item in args.skip:
+        for name in filter(None, (s.strip() for s in item.split(","))):
+            if name not in SCENARIOS:
+                p.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+            if name in names:
+                names.remove(name)
+    if not names:
+        p.error("no scenario left to run")
     args.scenarios = names
     if args.runs < 1:
         p.error("--runs must be at least 1")

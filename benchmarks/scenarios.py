@@ -637,7 +637,7 @@ SCENARIOS: dict[str, Runner] = {
     "router": run_router,
     "acceptor-nagle": run_acceptor_nagle,
 }
-DEFAULT_SCENARIOS = ("dcmtk-pair", "acceptor", "requestor", "router")
+DEFAULT_SCENARIOS = ("dcmtk-pair", "acceptor", "requestor", "router", "acceptor-nagle")
 TARGETS: dict[str, float] = {
     "acceptor": 0.9,
     "requestor": 0.9,
