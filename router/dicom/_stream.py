@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
@@ -24,15 +25,17 @@ class PeerClosed(AssociationAborted):
         self.args = ("connection closed by peer",)
 
 
-def raw_socket(stream: ByteStream) -> socket.socket | None:
+def raw_socket(stream: ByteStream) -> Any:
+    """The stream's socket (on asyncio an asyncio.trsock.TransportSocket, which has
+    setsockopt but is not a socket.socket), or None."""
     try:
         sock = stream.extra(SocketAttribute.raw_socket)
     except Exception:
         return None
-    return sock if isinstance(sock, socket.socket) else None
+    return sock if hasattr(sock, "setsockopt") else None
 
 
-def set_nodelay(sock: socket.socket | None) -> None:
+def set_nodelay(sock: Any) -> None:
     if sock is None:
         return
     with contextlib.suppress(OSError):
@@ -69,12 +72,8 @@ class PduStream:
             raise DicomTimeout(f"no data from peer for {timeout} s") from None
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             raise PeerClosed() from None
-        sock = self._quickack_sock
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
-            except OSError:
-                self._quickack_sock = None
+        if self._quickack_sock is not None:
+            self._quickack()
         buf = self._buf
         if self._pos:
             if self._pos >= len(buf):
@@ -83,6 +82,17 @@ class PduStream:
                 del buf[: self._pos]
             self._pos = 0
         buf += chunk
+
+    def _quickack(self) -> None:
+        # Linux leaves quick-ACK mode by itself (notably when we send), so it is set
+        # again after every receive and every send: a Nagle-on sender waits for our
+        # ACK of its small command PDU before it sends the data set.
+        sock = self._quickack_sock
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
+            except OSError:
+                self._quickack_sock = None
 
     async def read_pdu(
         self, limit: int, idle_timeout: float | None
@@ -115,6 +125,8 @@ class PduStream:
             await self.stream.send(data)  # type: ignore[arg-type]  # any buffer works
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise PeerClosed() from None
+        if self._quickack_sock is not None:
+            self._quickack()
 
     async def close(self) -> None:
         try:
