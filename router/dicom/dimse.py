@@ -8,6 +8,7 @@ headers itself and hands memoryview slices of the PDU straight to the sink.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Protocol
@@ -81,10 +82,121 @@ class StoreResponse:
 
 
 # -- command sets ----------------------------------------------------------------------
+#
+# A command set is a handful of group-0000 elements in implicit VR little endian. On
+# the hot path (one C-STORE-RQ in, one C-STORE-RSP out per instance) pydicom's general
+# dataset codec costs more than the rest of the exchange, so command sets are encoded
+# and parsed here directly; tests check both against pynetdicom's dsutils (pydicom).
+
+_US = "US"
+_UL = "UL"
+_UI = "UI"
+_AE = "AE"
+_LO = "LO"
+#: keyword -> (element number in group 0000, VR)
+COMMAND_ELEMENTS: dict[str, tuple[int, str]] = {
+    "CommandGroupLength": (0x0000, _UL),
+    "AffectedSOPClassUID": (0x0002, _UI),
+    "RequestedSOPClassUID": (0x0003, _UI),
+    "CommandField": (0x0100, _US),
+    "MessageID": (0x0110, _US),
+    "MessageIDBeingRespondedTo": (0x0120, _US),
+    "MoveDestination": (0x0600, _AE),
+    "Priority": (0x0700, _US),
+    "CommandDataSetType": (0x0800, _US),
+    "Status": (0x0900, _US),
+    "OffendingElement": (0x0901, "AT"),
+    "ErrorComment": (0x0902, _LO),
+    "ErrorID": (0x0903, _US),
+    "AffectedSOPInstanceUID": (0x1000, _UI),
+    "RequestedSOPInstanceUID": (0x1001, _UI),
+    "MoveOriginatorApplicationEntityTitle": (0x1030, _AE),
+    "MoveOriginatorMessageID": (0x1031, _US),
+}
+_VR_OF = {elem: vr for elem, vr in COMMAND_ELEMENTS.values()}
+_ELEMENT = struct.Struct("<HHL")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
 
 
-def encode_command(ds: Dataset) -> bytes:
-    """Encode a command set, with its Command Group Length, implicit VR LE."""
+def encode_command(**fields: int | str | None) -> bytes:
+    """Encode a command set from keywords, with its Command Group Length, in implicit
+    VR little endian, elements in tag order; None values are left out."""
+    items = []
+    for keyword, value in fields.items():
+        if value is None:
+            continue
+        elem, vr = COMMAND_ELEMENTS[keyword]
+        if vr == _US:
+            raw = _U16.pack(int(value))
+        elif vr == _UL:
+            raw = _U32.pack(int(value))
+        else:
+            raw = str(value).encode("ascii")
+            if len(raw) % 2:
+                raw += b"\0" if vr == _UI else b" "
+        items.append((elem, raw))
+    items.sort()
+    body = b"".join(_ELEMENT.pack(0, elem, len(raw)) + raw for elem, raw in items)
+    return _ELEMENT.pack(0, 0, 4) + _U32.pack(len(body)) + body
+
+
+class Command:
+    """A parsed command set: element number -> raw value, read by keyword."""
+
+    __slots__ = ("elements",)
+
+    def __init__(self, elements: dict[int, bytes]) -> None:
+        self.elements = elements
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        elem, vr = COMMAND_ELEMENTS[keyword]
+        raw = self.elements.get(elem)
+        if raw is None or (not raw and vr not in (_UI, _AE, _LO)):
+            return default
+        if vr == _US:
+            if len(raw) != 2:
+                raise ProtocolError(f"{keyword}: bad US length {len(raw)}", "bad_command_set")
+            return _U16.unpack(raw)[0]
+        if vr == _UL:
+            if len(raw) != 4:
+                raise ProtocolError(f"{keyword}: bad UL length {len(raw)}", "bad_command_set")
+            return _U32.unpack(raw)[0]
+        if vr == _UI:
+            return raw.rstrip(b"\0 ").decode("ascii", "replace")
+        if vr in (_AE, _LO):
+            return raw.decode("ascii", "replace").strip(" \0")
+        return raw
+
+    def __contains__(self, keyword: str) -> bool:
+        return COMMAND_ELEMENTS[keyword][0] in self.elements
+
+
+def decode_command(data: bytes | bytearray) -> Command:
+    """Parse a command set (group 0000, implicit VR little endian)."""
+    view = memoryview(data)
+    end = len(view)
+    pos = 0
+    elements: dict[int, bytes] = {}
+    unpack = _ELEMENT.unpack_from
+    while pos < end:
+        if end - pos < 8:
+            raise ProtocolError("truncated command element", "bad_command_set")
+        group, elem, length = unpack(view, pos)
+        pos += 8
+        if group != 0 or length > end - pos:
+            raise ProtocolError(
+                f"bad command element ({group:04x},{elem:04x}) length {length}", "bad_command_set"
+            )
+        elements[elem] = bytes(view[pos : pos + length])
+        pos += length
+    if 0x0100 not in elements:
+        raise ProtocolError("command set without CommandField", "bad_command_set")
+    return Command(elements)
+
+
+def encode_command_pydicom(ds: Dataset) -> bytes:
+    """Reference codec (pynetdicom dsutils / pydicom), used by tests and for checks."""
     if "CommandGroupLength" in ds:
         del ds.CommandGroupLength
     body = _ds_encode(ds, True, True)
@@ -96,45 +208,47 @@ def encode_command(ds: Dataset) -> bytes:
     return bytes(full)
 
 
-def decode_command(data: bytes | bytearray) -> Dataset:
-    try:
-        ds = _ds_decode(BytesIO(bytes(data)), True, True)
-        ds.CommandField  # noqa: B018 - force parsing of the one element we always need
-    except Exception as exc:
-        raise ProtocolError(f"undecodable command set: {exc!r}", "bad_command_set") from exc
-    return ds
+def decode_command_pydicom(data: bytes | bytearray) -> Dataset:
+    return _ds_decode(BytesIO(bytes(data)), True, True)
 
 
 def echo_rq(message_id: int) -> bytes:
-    ds = Dataset()
-    ds.AffectedSOPClassUID = "1.2.840.10008.1.1"
-    ds.CommandField = C_ECHO_RQ
-    ds.MessageID = message_id
-    ds.CommandDataSetType = NO_DATA_SET
-    return encode_command(ds)
+    return encode_command(
+        AffectedSOPClassUID="1.2.840.10008.1.1",
+        CommandField=C_ECHO_RQ,
+        MessageID=message_id,
+        CommandDataSetType=NO_DATA_SET,
+    )
 
 
 def echo_rsp(message_id: int, status: int = Status.SUCCESS) -> bytes:
-    ds = Dataset()
-    ds.AffectedSOPClassUID = "1.2.840.10008.1.1"
-    ds.CommandField = C_ECHO_RSP
-    ds.MessageIDBeingRespondedTo = message_id
-    ds.CommandDataSetType = NO_DATA_SET
-    ds.Status = int(status)
-    return encode_command(ds)
+    return encode_command(
+        AffectedSOPClassUID="1.2.840.10008.1.1",
+        CommandField=C_ECHO_RSP,
+        MessageIDBeingRespondedTo=message_id,
+        CommandDataSetType=NO_DATA_SET,
+        Status=int(status),
+    )
 
 
 def store_rq(
-    message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int = 2
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    priority: int = 2,
+    move_originator_ae: str | None = None,
+    move_originator_message_id: int | None = None,
 ) -> bytes:
-    ds = Dataset()
-    ds.AffectedSOPClassUID = sop_class_uid
-    ds.CommandField = C_STORE_RQ
-    ds.MessageID = message_id
-    ds.Priority = priority
-    ds.CommandDataSetType = 0x0000
-    ds.AffectedSOPInstanceUID = sop_instance_uid
-    return encode_command(ds)
+    return encode_command(
+        AffectedSOPClassUID=sop_class_uid,
+        CommandField=C_STORE_RQ,
+        MessageID=message_id,
+        Priority=priority,
+        CommandDataSetType=0x0000,
+        AffectedSOPInstanceUID=sop_instance_uid,
+        MoveOriginatorApplicationEntityTitle=move_originator_ae,
+        MoveOriginatorMessageID=move_originator_message_id,
+    )
 
 
 def store_rsp(
@@ -144,44 +258,31 @@ def store_rsp(
     status: int,
     error_comment: str | None = None,
 ) -> bytes:
-    ds = Dataset()
-    ds.AffectedSOPClassUID = sop_class_uid
-    ds.CommandField = C_STORE_RSP
-    ds.MessageIDBeingRespondedTo = message_id
-    ds.CommandDataSetType = NO_DATA_SET
-    ds.Status = int(status)
-    ds.AffectedSOPInstanceUID = sop_instance_uid
-    if error_comment:
-        ds.ErrorComment = error_comment[:64]
-    return encode_command(ds)
+    return encode_command(
+        AffectedSOPClassUID=sop_class_uid,
+        CommandField=C_STORE_RSP,
+        MessageIDBeingRespondedTo=message_id,
+        CommandDataSetType=NO_DATA_SET,
+        Status=int(status),
+        ErrorComment=error_comment[:64] if error_comment else None,
+        AffectedSOPInstanceUID=sop_instance_uid,
+    )
 
 
-def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
-    value = ds.get(keyword, default)
-    return default if value is None else value
+def store_request(command: Command, transfer_syntax: str) -> StoreRequest:
+    return StoreRequest(
+        message_id=int(command.get("MessageID", 0)),
+        sop_class_uid=str(command.get("AffectedSOPClassUID", "")),
+        sop_instance_uid=str(command.get("AffectedSOPInstanceUID", "")),
+        transfer_syntax=transfer_syntax,
+        priority=int(command.get("Priority", 2)),
+        move_originator_ae=command.get("MoveOriginatorApplicationEntityTitle") or None,
+        move_originator_message_id=command.get("MoveOriginatorMessageID"),
+    )
 
 
-def store_request(ds: Dataset, transfer_syntax: str) -> StoreRequest:
-    try:
-        return StoreRequest(
-            message_id=int(_get(ds, "MessageID", 0)),
-            sop_class_uid=str(_get(ds, "AffectedSOPClassUID", "")).rstrip("\0 "),
-            sop_instance_uid=str(_get(ds, "AffectedSOPInstanceUID", "")).rstrip("\0 "),
-            transfer_syntax=transfer_syntax,
-            priority=int(_get(ds, "Priority", 2)),
-            move_originator_ae=(str(ds.MoveOriginatorApplicationEntityTitle).strip() or None)
-            if ds.get("MoveOriginatorApplicationEntityTitle")
-            else None,
-            move_originator_message_id=int(ds.MoveOriginatorMessageID)
-            if ds.get("MoveOriginatorMessageID") is not None
-            else None,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"bad C-STORE-RQ command set: {exc!r}", "bad_command_set") from exc
-
-
-def has_data_set(ds: Dataset) -> bool:
-    return int(_get(ds, "CommandDataSetType", NO_DATA_SET)) != NO_DATA_SET
+def has_data_set(command: Command) -> bool:
+    return int(command.get("CommandDataSetType", NO_DATA_SET)) != NO_DATA_SET
 
 
 # -- P-DATA reassembly ---------------------------------------------------------------
