@@ -71,9 +71,7 @@ class Router:
             max_queue_instances=storage.max_queue_instances,
             retention=storage.retention,
         )
-        self.ingest = Ingest(
-            lambda: self.config, self.queue, self.metrics, self.free_bytes
-        )
+        self.ingest = Ingest(lambda: self.config, self.queue, self.metrics, self.free_bytes)
         self.acceptor = Acceptor(acceptor_config(config), self.ingest)
         self.forwarder = Forwarder(lambda: self.config, self.queue, self.metrics)
         self.http = HttpServer(config.http.host, config.http.port, self.metrics, self.readiness)
@@ -84,6 +82,7 @@ class Router:
         self.dicom_port: int | None = None
         self.http_port: int | None = None
         self._workers: set[tuple[str, int]] = set()
+        self._workers_gone = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._queue_running = False
         self.stopped = anyio.Event()
@@ -118,7 +117,9 @@ class Router:
 
     # -- lifecycle
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(self.queue.run)
@@ -148,20 +149,26 @@ class Router:
             await self.acceptor.drain(self.shutdown_grace)
         self.forwarder.stopping.set()
         with anyio.move_on_after(self.shutdown_grace):
-            while self._workers:
-                await anyio.sleep(0.05)  # workers finish their current send, then leave
+            if self._workers:
+                await self._workers_gone.wait()  # each finishes its current send first
 
     def _banner(self) -> None:
         cfg = self.config
         logs.event(
-            log, logging.INFO, "started", version=__version__, ae_title=cfg.ae_title,
+            log,
+            logging.INFO,
+            "started",
+            version=__version__,
+            ae_title=cfg.ae_title,
             dicom=f"{cfg.listen.host}:{self.dicom_port}",
             tls=cfg.listen.tls is not None,
             http=f"{cfg.http.host}:{self.http_port}" if self.http_port else "off",
-            storage=str(self.storage_dir), rules=len(cfg.rules),
+            storage=str(self.storage_dir),
+            rules=len(cfg.rules),
             destinations=",".join(
                 f"{n}={d.ae_title}@{d.host}:{d.port}" for n, d in cfg.destinations.items()
-            ) or "-",
+            )
+            or "-",
         )
 
     def _start_workers(self) -> None:
@@ -177,6 +184,8 @@ class Router:
             await self.forwarder.worker(name, index)
         finally:
             self._workers.discard((name, index))
+            if not self._workers and self.forwarder.stopping.is_set():
+                self._workers_gone.set()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -216,7 +225,10 @@ class Router:
         self.metrics.config_reloaded(True)
         self._start_workers()
         logs.event(
-            log, logging.INFO, "config_reloaded", rules=len(new.rules),
+            log,
+            logging.INFO,
+            "config_reloaded",
+            rules=len(new.rules),
             destinations=len(new.destinations),
         )
         return True

@@ -44,8 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         router = Router(args.config, cfg)
         anyio.run(router.run)
     except RouterRunning as e:
-        print(f"dicom-router: {e}: stop it first, or give this one another storage.path",
-              file=sys.stderr)
+        print(
+            f"dicom-router: {e}: stop it first, or give this one another storage.path",
+            file=sys.stderr,
+        )
         return 1
     except OSError as e:
         print(f"dicom-router: cannot start: {e}", file=sys.stderr)
@@ -62,9 +64,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         return 1
     cfg = load_config(args.config)
-    print(
-        f"{args.config}: ok ({len(cfg.rules)} rules, {len(cfg.destinations)} destinations)"
-    )
+    print(f"{args.config}: ok ({len(cfg.rules)} rules, {len(cfg.destinations)} destinations)")
     return 0
 
 
@@ -115,19 +115,24 @@ def cmd_echo(args: argparse.Namespace) -> int:
         return 1
     if args.destination not in cfg.destinations:
         known = ", ".join(cfg.destinations) or "none configured"
-        print(f"dicom-router: no destination {args.destination!r} (known: {known})",
-              file=sys.stderr)
+        print(
+            f"dicom-router: no destination {args.destination!r} (known: {known})", file=sys.stderr
+        )
         return 1
     dest = cfg.destinations[args.destination]
 
     async def echo() -> tuple[int, float]:
         t0 = time.perf_counter()
         async with associate(
-            dest.host, dest.port,
-            calling_ae=dest.calling_ae_title or cfg.ae_title, called_ae=dest.ae_title,
+            dest.host,
+            dest.port,
+            calling_ae=dest.calling_ae_title or cfg.ae_title,
+            called_ae=dest.ae_title,
             contexts=[("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
-            max_pdu_length=dest.max_pdu_length, connect_timeout=dest.connect_timeout,
-            acse_timeout=dest.acse_timeout, dimse_timeout=dest.dimse_timeout,
+            max_pdu_length=dest.max_pdu_length,
+            connect_timeout=dest.connect_timeout,
+            acse_timeout=dest.acse_timeout,
+            dimse_timeout=dest.dimse_timeout,
             network_timeout=dest.network_timeout,
             ssl_context=client_context(dest.tls) if dest.tls else None,
         ) as assoc:
@@ -137,11 +142,15 @@ def cmd_echo(args: argparse.Namespace) -> int:
     try:
         status, rtt = anyio.run(echo)
     except (DicomError, OSError) as e:
-        print(f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): failed: {e}",
-              file=sys.stderr)
+        print(
+            f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): failed: {e}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): "
-          f"status {status:04x}, round trip {rtt * 1000:.1f} ms")
+    print(
+        f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): "
+        f"status {status:04x}, round trip {rtt * 1000:.1f} ms"
+    )
     return 0 if status == 0 else 1
 
 
@@ -157,7 +166,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", type=Path, default=default_config_path(), metavar="FILE",
+        "--config",
+        type=Path,
+        default=default_config_path(),
+        metavar="FILE",
         help="config file (default: $DICOM_ROUTER_CONFIG, else ./router.yaml)",
     )
     parser = argparse.ArgumentParser(
@@ -170,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("check", parents=[common], help="validate the config and its rules")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("explain", parents=[common],
-                       help="show which rules match DICOM files and where they would go")
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="show which rules match DICOM files and where they would go",
+    )
     p.add_argument("files", nargs="+", type=Path, metavar="DICOM_FILE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--calling-ae", default=None, help="calling AE title to assume")
@@ -194,8 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "status":
             q.add_argument("--destination")
             q.add_argument("--state")
-            q.add_argument("--older-than", dest="older_than", default=None,
-                           help="only deliveries received at least this long ago (e.g. 1h)")
+            q.add_argument(
+                "--older-than",
+                dest="older_than",
+                default=None,
+                help="only deliveries received at least this long ago (e.g. 1h)",
+            )
             q.add_argument("--study", dest="study_uid", default=None, help="Study Instance UID")
             q.add_argument("--limit", type=int, default=None)
         if name == "purge":

@@ -24,7 +24,14 @@ from pydicom import dcmread
 
 from router import logs
 from router.config import Config
-from router.dicom import AssociationInfo, Rejection, Status, StoreHandler, StoreRefused, StoreRequest
+from router.dicom import (
+    AssociationInfo,
+    Rejection,
+    Status,
+    StoreHandler,
+    StoreRefused,
+    StoreRequest,
+)
 from router.metrics import Metrics
 from router.store.queue import InstanceRecord, Queue, QueueClosed
 from router.store.spool import SpooledSink
@@ -68,6 +75,16 @@ class GuardedSink:
         self.inner.abort()
 
 
+# (result, source, reason) of A-ASSOCIATE-RJ -> the metric's bounded label
+_REJECT_LABELS = {
+    (1, 1, 3): "calling_ae_not_recognized",
+    (1, 1, 7): "called_ae_not_recognized",
+    (2, 3, 2): "too_many_associations",
+    (1, 2, 2): "protocol_version",
+    (2, 3, 1): "shutting_down",
+}
+
+
 def _text(value: Any) -> str:
     return str(value or "").strip("\x00 ")
 
@@ -106,9 +123,18 @@ class Ingest(StoreHandler):
         self._metrics.association_closed("in", how)
         logs.event(log, logging.INFO, "association_closed", assoc=info.id, how=how)
 
-    def association_rejected(self, reason: str) -> None:
-        self._metrics.association_rejected(reason)
-        logs.event(log, logging.WARNING, "association_rejected", reason=reason)
+    def association_rejected(self, reason: Rejection) -> None:
+        label = _REJECT_LABELS.get((reason.result, reason.source, reason.reason), "other")
+        self._metrics.association_rejected(label)
+        logs.event(
+            log,
+            logging.WARNING,
+            "association_rejected",
+            reason=label,
+            result=reason.result,
+            source=reason.source,
+            code=reason.reason,
+        )
 
     def protocol_error(self, kind: str) -> None:
         self._metrics.protocol_error(kind)
@@ -123,23 +149,29 @@ class Ingest(StoreHandler):
         cfg = self._config()
         if self._free_bytes() < cfg.storage.min_free_bytes:
             logs.event(
-                log, logging.ERROR, "store_refused", assoc=info.id, reason="storage_low",
+                log,
+                logging.ERROR,
+                "store_refused",
+                assoc=info.id,
+                reason="storage_low",
                 sop_instance_uid=req.sop_instance_uid,
             )
             self._metrics.store_response(Status.OUT_OF_RESOURCES)
             raise StoreRefused(Status.OUT_OF_RESOURCES)
         if self._queue.is_full():
             logs.event(
-                log, logging.ERROR, "store_refused", assoc=info.id, reason="queue_full",
+                log,
+                logging.ERROR,
+                "store_refused",
+                assoc=info.id,
+                reason="queue_full",
                 sop_instance_uid=req.sop_instance_uid,
             )
             self._metrics.store_response(Status.OUT_OF_RESOURCES)
             raise StoreRefused(Status.OUT_OF_RESOURCES)
         return GuardedSink(self._queue.new_sink(req))
 
-    async def finish_store(
-        self, info: AssociationInfo, req: StoreRequest, sink: Any
-    ) -> int:
+    async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Any) -> int:
         assert isinstance(sink, GuardedSink)
         status = await self._finish(info, req, sink)
         self._metrics.store_response(status)
@@ -150,8 +182,12 @@ class Ingest(StoreHandler):
         if guarded.error is not None:
             full = guarded.error.errno in (errno.ENOSPC, errno.EDQUOT)
             logs.event(
-                log, logging.ERROR, "store_failed", assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid, error=str(guarded.error),
+                log,
+                logging.ERROR,
+                "store_failed",
+                assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid,
+                error=str(guarded.error),
             )
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
         cfg = self._config()
@@ -163,8 +199,12 @@ class Ingest(StoreHandler):
         except Exception as e:  # pydicom raises many kinds on hostile bytes
             sink.abort()
             logs.event(
-                log, logging.WARNING, "store_rejected", assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid, reason="undecodable",
+                log,
+                logging.WARNING,
+                "store_rejected",
+                assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid,
+                reason="undecodable",
                 error=type(e).__name__,
             )
             return Status.CANNOT_UNDERSTAND
@@ -172,8 +212,12 @@ class Ingest(StoreHandler):
         if ds_uid != req.sop_instance_uid:
             sink.abort()
             logs.event(
-                log, logging.WARNING, "store_rejected", assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid, dataset_uid=ds_uid,
+                log,
+                logging.WARNING,
+                "store_rejected",
+                assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid,
+                dataset_uid=ds_uid,
                 reason="sop_instance_uid_mismatch",
             )
             return Status.DATASET_MISMATCH
@@ -195,8 +239,12 @@ class Ingest(StoreHandler):
         except OSError as e:
             sink.abort()
             logs.event(
-                log, logging.ERROR, "store_failed", assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid, error=str(e),
+                log,
+                logging.ERROR,
+                "store_failed",
+                assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid,
+                error=str(e),
             )
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
@@ -206,8 +254,13 @@ class Ingest(StoreHandler):
         if not route.destinations:
             self._metrics.unrouted_instances_total.inc()
         logs.event(
-            log, logging.INFO, "stored", assoc=info.id, instance=ident,
-            sop_instance_uid=req.sop_instance_uid, size=sink.size - sink.data_offset,
+            log,
+            logging.INFO,
+            "stored",
+            assoc=info.id,
+            instance=ident,
+            sop_instance_uid=req.sop_instance_uid,
+            size=sink.size - sink.data_offset,
             destinations=",".join(route.destinations) or "-",
         )
         return Status.SUCCESS

@@ -40,7 +40,9 @@ def _filter(args: argparse.Namespace) -> Filter:
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
         for r in rows
     )
 
@@ -50,11 +52,16 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
     counts, unrouted, active = count_by_sql(storage)
     dests = sorted({d for d, _ in counts} | set(cfg.destinations))
     if args.json:
-        print(json.dumps({
-            "destinations": {d: {s: counts.get((d, s), 0) for s in STATES} for d in dests},
-            "unrouted": unrouted,
-            "instances": active,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "destinations": {d: {s: counts.get((d, s), 0) for s in STATES} for d in dests},
+                    "unrouted": unrouted,
+                    "instances": active,
+                },
+                indent=2,
+            )
+        )
         return 0
     rows = [["destination", *STATES]]
     for d in dests:
@@ -81,10 +88,17 @@ def list_(cfg: Config, args: argparse.Namespace) -> int:
             last = f"{e.last_status:04x}"
         if e.last_error:
             last = f"{last} {e.last_error}" if last != "-" else e.last_error
-        rows.append([
-            e.instance_id, e.destination or "-", e.state, str(e.attempts),
-            _fmt_time(e.received_at), _fmt_time(e.due_at), last,
-        ])
+        rows.append(
+            [
+                e.instance_id,
+                e.destination or "-",
+                e.state,
+                str(e.attempts),
+                _fmt_time(e.received_at),
+                _fmt_time(e.due_at),
+                last,
+            ]
+        )
     print(_table(rows))
     return 0
 
@@ -96,8 +110,9 @@ def _admin(cfg: Config) -> QueueAdmin:
 def retry(cfg: Config, args: argparse.Namespace) -> int:
     f = _filter(args)
     if f.state not in (None, "failed"):
-        print("dicom-router: retry moves dead letters (state failed) back to pending",
-              file=sys.stderr)
+        print(
+            "dicom-router: retry moves dead letters (state failed) back to pending", file=sys.stderr
+        )
         return 2
     with _admin(cfg) as q:
         n = q.retry_failed(f)
@@ -124,8 +139,10 @@ def purge(cfg: Config, args: argparse.Namespace) -> int:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     storage = Path(cfg.storage.path)
     if not (storage / DB_NAME).exists():
-        print(f"dicom-router: no queue in {storage} yet (the router has not run there)",
-              file=sys.stderr)
+        print(
+            f"dicom-router: no queue in {storage} yet (the router has not run there)",
+            file=sys.stderr,
+        )
         return 1
     action = {"status": status, "list": list_, "retry": retry, "purge": purge}
     try:

@@ -67,6 +67,7 @@ def make_dataset(
 
 def write_dataset(path: Path, size: int = 20_000, **kwargs: object) -> Path:
     ds = make_dataset(size, **kwargs)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
     implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
     return path

@@ -23,7 +23,6 @@ import anyio
 from router import logs
 from router.config import Config, Destination
 from router.dicom import (
-    AssociationAborted,
     AssociationRejected,
     ConnectError,
     DicomError,
@@ -55,7 +54,8 @@ def transport_failure(exc: BaseException) -> TransportFailure:
     """The network layer's exception as the pure layer's failure kind."""
     if isinstance(exc, AssociationRejected):
         return (
-            TransportFailure.REJECTED_TRANSIENT if exc.transient
+            TransportFailure.REJECTED_TRANSIENT
+            if exc.transient
             else TransportFailure.REJECTED_PERMANENT
         )
     if isinstance(exc, ConnectError | OSError):
@@ -261,7 +261,9 @@ class Forwarder:
                         ):
                             unsent.pop(0)
                             await self._dead_letter(
-                                rt.name, lease, None,
+                                rt.name,
+                                lease,
+                                None,
                                 f"{dest.ae_title} accepts neither SOP class "
                                 f"{lease.sop_class_uid} in transfer syntax "
                                 f"{lease.transfer_syntax}",
@@ -278,8 +280,9 @@ class Forwarder:
                             length=current.length,
                         )
                         done, current = current, None
-                        await self._record_status(rt.name, done, resp.status,
-                                                  resp.error_comment, delivered)
+                        await self._record_status(
+                            rt.name, done, resp.status, resp.error_comment, delivered
+                        )
                         if not unsent and not self.stopping.is_set():
                             await self._flush(delivered)
                             more = await self._queue.lease(
@@ -293,20 +296,31 @@ class Forwarder:
         except (DicomError, OSError) as e:
             failure = transport_failure(e)
             logs.event(
-                log, logging.WARNING, "forward_failed", destination=rt.name,
-                failure=failure.value, error=str(e) or type(e).__name__,
-                in_flight=current.instance_id if current else "-", unsent=len(unsent),
+                log,
+                logging.WARNING,
+                "forward_failed",
+                destination=rt.name,
+                failure=failure.value,
+                error=str(e) or type(e).__name__,
+                in_flight=current.instance_id if current else "-",
+                unsent=len(unsent),
             )
             outcome = classify_transport(failure)
             if current is not None:
                 await self._after_failure(rt.name, dest, current, outcome, None, str(e))
-            if failure in (TransportFailure.CONNECT_REFUSED, TransportFailure.TIMEOUT,
-                           TransportFailure.REJECTED_TRANSIENT,
-                           TransportFailure.REJECTED_PERMANENT) and current is None:
+            if (
+                failure
+                in (
+                    TransportFailure.CONNECT_REFUSED,
+                    TransportFailure.TIMEOUT,
+                    TransportFailure.REJECTED_TRANSIENT,
+                    TransportFailure.REJECTED_PERMANENT,
+                )
+                and current is None
+            ):
                 # nothing was sent: the destination is unreachable; every lease waits
                 for lease in unsent:
-                    await self._after_failure(rt.name, dest, lease, Outcome.TRANSIENT, None,
-                                              str(e))
+                    await self._after_failure(rt.name, dest, lease, Outcome.TRANSIENT, None, str(e))
                 unsent = []
             self._up(rt, False)
         finally:
@@ -331,7 +345,11 @@ class Forwarder:
             await self._queue.delivered(ids, status)
 
     async def _record_status(
-        self, name: str, lease: Lease, status: int, comment: str | None,
+        self,
+        name: str,
+        lease: Lease,
+        status: int,
+        comment: str | None,
         delivered: list[tuple[int, int]],
     ) -> None:
         outcome = classify_status(status)
@@ -341,8 +359,13 @@ class Forwarder:
                 name, self._clock() - lease.received_at, warning=outcome is Outcome.WARNING
             )
             logs.event(
-                log, logging.INFO, "forwarded", destination=name, instance=lease.instance_id,
-                sop_instance_uid=lease.sop_instance_uid, status=f"{status:04x}",
+                log,
+                logging.INFO,
+                "forwarded",
+                destination=name,
+                instance=lease.instance_id,
+                sop_instance_uid=lease.sop_instance_uid,
+                status=f"{status:04x}",
                 attempt=lease.attempt,
             )
             return
@@ -353,12 +376,20 @@ class Forwarder:
         await self._after_failure(name, dest, lease, outcome, status, comment)
 
     async def _after_failure(
-        self, name: str, dest: Destination, lease: Lease, outcome: Outcome,
-        status: int | None, error: str | None,
+        self,
+        name: str,
+        dest: Destination,
+        lease: Lease,
+        outcome: Outcome,
+        status: int | None,
+        error: str | None,
     ) -> None:
         now = self._clock()
         decision = decide(
-            policy_of(dest), lease.attempt, now, self._rand(),
+            policy_of(dest),
+            lease.attempt,
+            now,
+            self._rand(),
             permanent=outcome is Outcome.PERMANENT,
         )
         detail = error or (f"status {status:04x}" if status is not None else "failed")
@@ -368,21 +399,29 @@ class Forwarder:
         await self._queue.retry(lease.delivery_id, decision.at, status, detail)
         self._metrics.retry_scheduled(name)
         logs.event(
-            log, logging.WARNING, "retry_scheduled", destination=name,
-            instance=lease.instance_id, attempt=lease.attempt,
+            log,
+            logging.WARNING,
+            "retry_scheduled",
+            destination=name,
+            instance=lease.instance_id,
+            attempt=lease.attempt,
             status=f"{status:04x}" if status is not None else "-",
-            delay=round(decision.delay, 3), error=detail,
+            delay=round(decision.delay, 3),
+            error=detail,
         )
 
-    async def _dead_letter(
-        self, name: str, lease: Lease, status: int | None, error: str
-    ) -> None:
+    async def _dead_letter(self, name: str, lease: Lease, status: int | None, error: str) -> None:
         await self._queue.failed(lease.delivery_id, status, error)
         self._metrics.forwarded(name, "failed")
         logs.event(
-            log, logging.ERROR, "dead_letter", destination=name, instance=lease.instance_id,
+            log,
+            logging.ERROR,
+            "dead_letter",
+            destination=name,
+            instance=lease.instance_id,
             sop_instance_uid=lease.sop_instance_uid,
-            status=f"{status:04x}" if status is not None else "-", error=error,
+            status=f"{status:04x}" if status is not None else "-",
+            error=error,
         )
 
 

@@ -79,6 +79,8 @@ class StoreSCP:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 def start_storescp(
@@ -90,9 +92,20 @@ def start_storescp(
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     proc = subprocess.Popen(
-        ["storescp", "--aetitle", ae_title, "--output-directory", str(directory),
-         "--bit-preserving", "--accept-all", "-su", "", *extra, str(port)],
-        env=NODELAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "storescp",
+            "--aetitle",
+            ae_title,
+            "--output-directory",
+            str(directory),
+            "--bit-preserving",
+            "--accept-all",
+            *extra,
+            str(port),
+        ],
+        env=NODELAY_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     scp = StoreSCP(port, directory, ae_title, proc)
     try:
@@ -102,6 +115,7 @@ def start_storescp(
         raise
     if proc.poll() is not None:
         err = proc.stderr.read().decode() if proc.stderr else ""
+        scp.stop()
         raise RuntimeError(f"storescp exited: {err}")
     return scp
 
@@ -116,9 +130,22 @@ def storescu(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-aet", calling, "-aec", called, "--no-halt", *extra,
-         "127.0.0.1", str(port), *map(str, files)],
-        env=NODELAY_ENV, capture_output=True, text=True, timeout=timeout,
+        [
+            "storescu",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "--no-halt",
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        env=NODELAY_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -138,10 +165,14 @@ class RouterProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "run", "--config", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: self.ready() or self.proc.poll() is not None, timeout,  # type: ignore[union-attr]
-                 "the router to be ready")
+        wait_for(
+            lambda: self.ready() or self.proc.poll() is not None,
+            timeout,  # type: ignore[union-attr]
+            "the router to be ready",
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.log()}")
         return self
@@ -207,8 +238,10 @@ def write_config(
     """A router config under ``directory`` with fast retry settings for tests."""
     port, http_port = free_port(), free_port()
     storage = directory / "storage"
-    fast = {"retry": {"max_attempts": 50, "initial_backoff": "100ms", "max_backoff": "1s"},
-            "circuit_breaker": {"failures": 3, "probe_interval": "500ms"}}
+    fast = {
+        "retry": {"max_attempts": 50, "initial_backoff": "100ms", "max_backoff": "1s"},
+        "circuit_breaker": {"failures": 3, "probe_interval": "500ms"},
+    }
     cfg: dict[str, Any] = {
         "ae_title": "ROUTER",
         "listen": {"host": "127.0.0.1", "port": port},
@@ -216,9 +249,7 @@ def write_config(
         "http": {"host": "127.0.0.1", "port": http_port},
         "logging": {"format": "json", "level": "info"},
         "destinations": {n: {**fast, **d} for n, d in destinations.items()},
-        "rules": rules if rules is not None else [
-            {"name": "all", "forward": list(destinations)}
-        ],
+        "rules": rules if rules is not None else [{"name": "all", "forward": list(destinations)}],
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):

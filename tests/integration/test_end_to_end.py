@@ -20,6 +20,19 @@ from tests.integration.peers import (
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
+# storescu's option that proposes a transfer syntax first
+PROPOSE = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
 
 def _by_uid(paths: list[Path]) -> dict[str, Path]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
@@ -39,9 +52,16 @@ def test_storescu_to_router_to_storescp_byte_identical(tmp_path: Path) -> None:
             got = pacs.wait_files(len(src))
             assert router.metric("dicom_router_received_instances_total") == len(src)
             wait_for(
-                lambda: router.metric("dicom_router_forwarded_instances_total",
-                                      destination="pacs", outcome="delivered") == len(src),
-                30, "delivered counter",
+                lambda: (
+                    router.metric(
+                        "dicom_router_forwarded_instances_total",
+                        destination="pacs",
+                        outcome="delivered",
+                    )
+                    == len(src)
+                ),
+                30,
+                "delivered counter",
             )
             assert router.terminate() == 0
         sent, arrived = _by_uid(src), _by_uid(got)
@@ -67,7 +87,8 @@ def test_destination_outage_holds_then_delivers(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr  # acknowledged although the PACS is down
         wait_for(
             lambda: router.metric("dicom_router_forward_retries_total", destination="pacs") > 0,
-            30, "a retry to be scheduled",
+            30,
+            "a retry to be scheduled",
         )
         pacs = start_storescp(tmp_path / "pacs", "PACS", port=port)
         try:
@@ -78,27 +99,41 @@ def test_destination_outage_holds_then_delivers(tmp_path: Path) -> None:
 
 
 def test_rules_route_each_instance_to_exactly_its_destinations(tmp_path: Path) -> None:
-    chest = [write_dataset(tmp_path / "src" / f"chest{i}.dcm", 8_000, BodyPartExamined="CHEST")
-             for i in range(3)]
-    head = [write_dataset(tmp_path / "src" / f"head{i}.dcm", 8_000, BodyPartExamined="HEAD")
-            for i in range(3)]
-    mr = [write_dataset(tmp_path / "src" / f"mr{i}.dcm", 8_000,
-                        sop_class_uid="1.2.840.10008.5.1.4.1.1.4", Modality="MR")
-          for i in range(2)]
-    (tmp_path / "src").mkdir(exist_ok=True)
+    chest = [
+        write_dataset(tmp_path / "src" / f"chest{i}.dcm", 8_000, BodyPartExamined="CHEST")
+        for i in range(3)
+    ]
+    head = [
+        write_dataset(tmp_path / "src" / f"head{i}.dcm", 8_000, BodyPartExamined="HEAD")
+        for i in range(3)
+    ]
+    mr = [
+        write_dataset(
+            tmp_path / "src" / f"mr{i}.dcm",
+            8_000,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+            Modality="MR",
+        )
+        for i in range(2)
+    ]
     pacs = start_storescp(tmp_path / "pacs", "PACS")
     ai = start_storescp(tmp_path / "ai", "AI")
     try:
         rules = [
             {"name": "mr-nowhere", "match": {"SOPClassUID": "MRImageStorage"}, "stop": True},
-            {"name": "chest-ai", "match": {"BodyPartExamined": {"regex": "(?i)chest|thorax"}},
-             "forward": ["ai"]},
+            {
+                "name": "chest-ai",
+                "match": {"BodyPartExamined": {"regex": "(?i)chest|thorax"}},
+                "forward": ["ai"],
+            },
             {"name": "ct-pacs", "match": {"SOPClassUID": "CT Image Storage"}, "forward": ["pacs"]},
         ]
         router = write_config(
             tmp_path,
-            {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port},
-             "ai": {"ae_title": "AI", "host": "127.0.0.1", "port": ai.port}},
+            {
+                "pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port},
+                "ai": {"ae_title": "AI", "host": "127.0.0.1", "port": ai.port},
+            },
             rules,
         )
         with running(router):
@@ -106,8 +141,11 @@ def test_rules_route_each_instance_to_exactly_its_destinations(tmp_path: Path) -
             assert res.returncode == 0, res.stderr
             got_pacs = pacs.wait_files(len(chest + head))
             got_ai = ai.wait_files(len(chest))
-            wait_for(lambda: router.metric("dicom_router_unrouted_instances_total") == len(mr),
-                     10, "unrouted count")
+            wait_for(
+                lambda: router.metric("dicom_router_unrouted_instances_total") == len(mr),
+                10,
+                "unrouted count",
+            )
             assert router.metric("dicom_router_rule_matches_total", rule="chest-ai") == 3
         assert _by_uid(got_pacs).keys() == _by_uid(chest + head).keys()
         assert _by_uid(got_ai).keys() == _by_uid(chest).keys()
@@ -117,30 +155,62 @@ def test_rules_route_each_instance_to_exactly_its_destinations(tmp_path: Path) -
 
 
 def test_pydicom_test_files_forwarded_unchanged(tmp_path: Path) -> None:
-    """A real-world mix: pydicom's own test files across SOP classes and syntaxes."""
+    """A real-world mix: pydicom's own test files across SOP classes and syntaxes
+    (two of them share a SOP Instance UID: each receipt is forwarded)."""
     import pydicom.data
 
     src_dir = tmp_path / "src"
     src_dir.mkdir()
-    names = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
-             "JPEG2000.dcm", "rtplan.dcm", "rtdose.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+    names = [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "JPEG2000.dcm",
+        "rtplan.dcm",
+        "rtdose.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "image_dfl.dcm",
+    ]
     files = [Path(shutil.copy(pydicom.data.get_testdata_file(n), src_dir / n)) for n in names]
     pacs = start_storescp(tmp_path / "pacs", "PACS")
+    # the reference: the same storescu straight to a storescp. storescu re-encodes
+    # what it reads, so "unchanged" means: what arrives through the router is what
+    # arrives without it.
+    direct = start_storescp(tmp_path / "direct", "ROUTER")
     try:
+        for f in files:
+            ts = str(dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            res = storescu(direct.port, [f], extra=[PROPOSE.get(ts, "-xe")])
+            assert res.returncode == 0, res.stderr
         router = write_config(
             tmp_path, {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}}
         )
         with running(router):
-            # -R: propose each file's own syntax only, so nothing is converted on the way in
-            res = storescu(router.port, files, extra=["-R"])
-            got = pacs.wait_files(1)
-            assert res.returncode == 0 or got, res.stderr
+            for f in files:  # each in its own syntax: storescu converts nothing
+                ts = str(dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                res = storescu(router.port, [f], extra=[PROPOSE.get(ts, "-xe")])
+                assert res.returncode == 0, res.stderr
+            received = router.metric("dicom_router_received_instances_total")
+            assert received == len(files)
             wait_for(
-                lambda: len(pacs.files()) >= router.metric(
-                    "dicom_router_received_instances_total"), 30, "all received delivered")
-        sent, arrived = _by_uid(files), _by_uid(pacs.files())
-        assert arrived, "nothing arrived"
-        for uid, path in arrived.items():
-            assert dataset_bytes(path) == dataset_bytes(sent[uid]), sent[uid].name
+                lambda: (
+                    router.metric(
+                        "dicom_router_forwarded_instances_total",
+                        destination="pacs",
+                        outcome="delivered",
+                    )
+                    == len(files)
+                ),
+                60,
+                "every receipt delivered",
+            )
+        # storescp names files by SOP Instance UID: a repeated UID overwrites its file
+        # (the same way on both paths: the same order of receipt)
+        assert [p.name for p in pacs.files()] == [p.name for p in direct.files()]
+        for via_router, reference in zip(pacs.files(), direct.files(), strict=True):
+            assert dataset_bytes(via_router) == dataset_bytes(reference), reference.name
     finally:
         pacs.stop()
+        direct.stop()
