@@ -314,6 +314,21 @@ def _tool_version(tool: str) -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
+def _git_state() -> dict[str, object]:
+    """The commit measured, and whether router/ had uncommitted changes (a live checkout)."""
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "router")
+    return {"commit": git("rev-parse", "HEAD"), "router_dirty_files": len(dirty.splitlines())}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for tool in ("storescu", "storescp"):
@@ -334,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"skipping scenario router: {why}")
 
     started = dt.datetime.now().astimezone()
+    git_before = _git_state()
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dicom-router-bench-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -416,12 +432,15 @@ def main(argv: list[str] | None = None) -> int:
             "storescp_bit_preserving": args.bit_preserving,
             "TCP_NODELAY": "1 for DCMTK peers (not for acceptor-nagle's sender)",
         },
+        "git": {"before": git_before, "after": _git_state()},
         "skipped": skipped,
         "summary": rows,
         "checks": checks,
         "runs": [r.as_json() for r in results],
         "failures": failures,
     }
+    if report["git"]["before"] != report["git"]["after"]:  # type: ignore[index]
+        print("WARNING: the checkout changed during the run; figures may mix code versions")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(dumps(report) + "\n")
