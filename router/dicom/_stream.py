@@ -42,6 +42,17 @@ def set_nodelay(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def fmt(**fields: Any) -> str:
+    """One log event as key=value pairs; values with spaces or quotes are quoted."""
+    parts = []
+    for key, value in fields.items():
+        text = str(value)
+        if not text or any(c in text for c in ' "=\n'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
 class PduStream:
     """Reads whole PDUs with our length limit checked on the header, before buffering.
 
@@ -121,8 +132,15 @@ class PduStream:
         return pdu_type, pdu
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send; a peer that stops reading for ``network_timeout`` is timed out too."""
         try:
-            await self.stream.send(data)  # type: ignore[arg-type]  # any buffer works
+            if self.network_timeout is None:
+                await self.stream.send(data)  # type: ignore[arg-type]  # any buffer works
+            else:
+                with anyio.fail_after(self.network_timeout):
+                    await self.stream.send(data)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise DicomTimeout(f"peer did not read for {self.network_timeout} s") from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise PeerClosed() from None
         if self._quickack_sock is not None:

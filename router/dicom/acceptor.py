@@ -16,6 +16,7 @@ from anyio.streams.tls import TLSStream
 
 from router.dicom import dimse
 from router.dicom._stream import PduStream, PeerClosed, raw_socket, set_nodelay
+from router.dicom._stream import fmt as _fmt
 from router.dicom.association import (
     Action,
     AssociationInfo,
@@ -70,10 +71,6 @@ def _peer(stream: ByteStream) -> tuple[str, int]:
         return str(addr), 0
     except Exception:
         return "?", 0
-
-
-def _fmt(**fields: Any) -> str:
-    return " ".join(f"{k}={v}" for k, v in fields.items())
 
 
 class Acceptor:
