@@ -45,6 +45,10 @@ from router.dicom.pdu import (
 
 log = logging.getLogger("router.dicom.acceptor")
 
+#: connections allowed to be negotiating (TLS handshake, waiting for their
+#: A-ASSOCIATE-RQ, being rejected) beyond max_associations before new ones are shed
+MAX_EXTRA_NEGOTIATING = 64
+
 
 @dataclass(frozen=True, slots=True)
 class AcceptorConfig:
@@ -82,6 +86,7 @@ class Acceptor:
         self._idle.set()
         self._accept_scope: anyio.CancelScope | None = None
         self._accepting = True
+        self._negotiating = 0
 
     @property
     def active(self) -> int:
@@ -134,6 +139,13 @@ class Acceptor:
     async def _connection(self, stream: ByteStream) -> None:
         aid = secrets.token_hex(4)
         host, port = _peer(stream)
+        if self._negotiating >= self.config.max_associations + MAX_EXTRA_NEGOTIATING:
+            # a flood of connections that do not (yet) associate: shed them at once
+            log.warning(_fmt(event="connection_shed", id=aid, peer=f"{host}:{port}"))
+            self._protocol_error("connection_flood")
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await stream.aclose()
+            return
         try:
             await self._association(aid, stream, host, port)
         except Exception as exc:  # a peer must never take the server down
@@ -160,6 +172,23 @@ class Acceptor:
             log.exception(_fmt(event="handler_error", hook=name))
 
     async def _association(self, aid: str, stream: ByteStream, host: str, port: int) -> None:
+        self._negotiating += 1
+        negotiating = True
+
+        def done_negotiating() -> None:
+            nonlocal negotiating
+            if negotiating:
+                negotiating = False
+                self._negotiating -= 1
+
+        try:
+            await self._negotiate_and_run(aid, stream, host, port, done_negotiating)
+        finally:
+            done_negotiating()
+
+    async def _negotiate_and_run(
+        self, aid: str, stream: ByteStream, host: str, port: int, done_negotiating: Any
+    ) -> None:
         cfg = self.config
         set_nodelay(raw_socket(stream))
         if cfg.ssl_context is not None:
@@ -248,6 +277,7 @@ class Acceptor:
             return
 
         # 3. accept: take the slot before any further await
+        done_negotiating()
         scope = anyio.CancelScope()
         self._active[aid] = scope
         self._idle = anyio.Event()

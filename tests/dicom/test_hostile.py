@@ -16,6 +16,9 @@ from dicom_helpers import (
     recv_until_closed,
     running,
 )
+from dicom_helpers import (
+    wait_for as wait_until,
+)
 
 from router.dicom import (
     Acceptor,
@@ -245,3 +248,47 @@ async def test_refused_and_failed_stores_keep_the_association(
     assert handler.stored[0].path.read_bytes() == data
     assert handler.stored[1].path.read_bytes() == b""
     assert sorted(p.name for p in storage.iterdir()) == sorted(s.path.name for s in handler.stored)
+
+
+async def test_random_bytes_after_association_never_kill_the_server(
+    handler: RecordingHandler,
+) -> None:
+    import random
+
+    rng = random.Random(1234)
+    async with running(Acceptor(config(network_timeout=2), handler)) as port:
+        for i in range(40):
+            s = await raw_associate(port)
+            if i % 2:  # a plausible P-DATA header with random PDVs inside
+                body = rng.randbytes(rng.randrange(0, 300))
+                payload = struct.pack(">BxL", 4, len(body)) + body
+            else:
+                payload = rng.randbytes(rng.randrange(1, 300))
+            await s.send(payload)
+            await s.send_eof()
+            await expect_abort_and_close(s)
+        with anyio.fail_after(10):
+            while len(handler.closed) < 40:
+                await anyio.sleep(0.01)
+        assert {how for _id, how in handler.closed} <= {"error", "aborted", "timeout"}
+        assert not any(kind.startswith("internal") for kind in handler.errors), handler.errors
+        assert await echo(port) == 0
+
+
+async def test_connection_flood_is_shed(
+    handler: RecordingHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import router.dicom.acceptor as acceptor_module
+
+    monkeypatch.setattr(acceptor_module, "MAX_EXTRA_NEGOTIATING", 1)
+    acceptor = Acceptor(config(max_associations=1), handler)
+    async with running(acceptor) as port:
+        silent = [await raw_connect(port), await raw_connect(port)]
+        await wait_until(lambda: acceptor._negotiating == 2)
+        third = await raw_connect(port)
+        assert await expect_abort_and_close(third, timeout=5) == b""
+        assert handler.errors == ["connection_flood"]
+        for s in silent:
+            await s.aclose()
+        await wait_until(lambda: acceptor._negotiating == 0)
+        assert await echo(port) == 0
