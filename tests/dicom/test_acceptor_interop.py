@@ -130,7 +130,7 @@ async def test_storescu_every_pydicom_test_file(
     oracle_port = free_port()
     async with storescp(oracle_port, oracle, "+B", "+uf", "+xa"):
         for path, ts, ours in differ:
-            before = set(oracle.iterdir())
+            existing = set(oracle.iterdir())
             rc, out = await run_tool(
                 [
                     "storescu",
@@ -143,7 +143,7 @@ async def test_storescu_every_pydicom_test_file(
                 ]
             )
             assert rc == 0, out
-            (new,) = set(oracle.iterdir()) - before
+            (new,) = set(oracle.iterdir()) - existing
             _meta, offset = split_dataset(new)
             assert ours.read_bytes() == new.read_bytes()[offset:], path
 
