@@ -18,6 +18,7 @@ from typing import Any
 from router import __version__
 from router.config import Config, check, default_config_path, explain_file, load_config
 from router.rules.model import ConfigError
+from router.store.queue import STATES
 
 
 def _load(path: Path) -> Config | None:
@@ -43,18 +44,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         router = Router(args.config, cfg)
         anyio.run(router.run)
-    except RouterRunning as e:
-        print(
-            f"dicom-router: {e}: stop it first, or give this one another storage.path",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as e:
-        print(f"dicom-router: cannot start: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as e:  # start-up failures come wrapped in task-group groups
+        cause = _startup_failure(e)
+        if cause is None:
+            raise
+        if isinstance(cause, RouterRunning):
+            print(
+                f"dicom-router: {cause}: stop it first, or give this one another storage.path",
+                file=sys.stderr,
+            )
+        else:
+            print(f"dicom-router: cannot start: {cause}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _startup_failure(exc: BaseException) -> BaseException | None:
+    """The operator-fixable error (port in use, storage not writable, another router
+    on the storage) inside ``exc``, or None for anything else (a bug: traceback)."""
+    from router.store.queue import RouterRunning
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, RouterRunning | OSError) else None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -73,35 +87,62 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     results = [
-        explain_file(cfg, f, calling_ae=args.calling_ae, called_ae=args.called_ae)
+        _with_rules_not_matched(
+            cfg, explain_file(cfg, f, calling_ae=args.calling_ae, called_ae=args.called_ae)
+        )
         for f in args.files
     ]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            _print_explanation(r)
+            _print_explanation(cfg, r)
     return 1 if any(r["error"] for r in results) else 0
 
 
-def _print_explanation(r: dict[str, Any]) -> None:
+def _with_rules_not_matched(cfg: Config, r: dict[str, Any]) -> dict[str, Any]:
+    """Add ``not_matched`` (rules evaluated that did not match) and ``not_evaluated``
+    (rules after a matching ``stop: true``)."""
+    names = list(cfg.rules.names)
+    matched = [m["rule"] for m in r["matched"]]
+    end = len(names)
+    if r["matched"] and r["matched"][-1]["stop"] and matched[-1] in names:
+        end = names.index(matched[-1]) + 1
+    if r["error"]:
+        r["not_matched"], r["not_evaluated"] = [], names
+    else:
+        r["not_matched"] = [n for n in names[:end] if n not in matched]
+        r["not_evaluated"] = names[end:]
+    return r
+
+
+def _print_explanation(cfg: Config, r: dict[str, Any]) -> None:
     print(f"{r['file']}:")
     if r["error"]:
         print(f"  error: {r['error']}")
         return
-    print(f"  SOP class: {r['sop_class_uid']}")
+    print(f"  SOP class: {r['sop_class_uid'] or '-'}")
+    print(f"  SOP instance: {r['sop_instance_uid'] or '-'}")
     print(f"  calling AE: {r['calling_ae'] or '-'}  called AE: {r['called_ae']}")
     if not r["matched"]:
         print("  no rule matched")
     for m in r["matched"]:
         where = f" ({m['file']}:{m['line']})" if m.get("file") else ""
-        print(f"  rule {m['rule']}{where} -> {', '.join(m['forward']) or '(none)'}")
+        print(f"  rule {m['rule']}{where} matched -> {', '.join(m['forward']) or '(none)'}")
         for reason in m["reasons"]:
             print(f"    because {reason}")
+    if r["not_matched"]:
+        print(f"  rules not matched: {', '.join(r['not_matched'])}")
+    if r["not_evaluated"]:
+        print(f"  rules not evaluated (after stop): {', '.join(r['not_evaluated'])}")
     if r["unrouted"]:
-        print("  destinations: none (kept as unrouted)")
-    else:
-        print(f"  destinations: {', '.join(r['destinations'])}")
+        print("  destinations: none (it would be kept as unrouted)")
+        return
+    dests = []
+    for name in r["destinations"]:
+        d = cfg.destinations.get(name)
+        dests.append(f"{name} ({d.ae_title}@{d.host}:{d.port})" if d else name)
+    print(f"  destinations: {', '.join(dests)}")
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -196,27 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination")
     p.set_defaults(func=cmd_echo)
 
-    p = sub.add_parser("queue", help="inspect and repair the queue")
+    p = sub.add_parser(
+        "queue",
+        help="inspect and repair the queue (through the running router, else on the database)",
+    )
     qsub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     for name, text in (
-        ("status", "deliveries per destination and state"),
-        ("list", "list deliveries"),
-        ("retry", "move dead letters back to pending"),
-        ("purge", "delete deliveries (asks unless --yes)"),
+        ("status", "deliveries per destination and state, with the oldest age"),
+        ("list", "list deliveries (the first 1000 unless --limit)"),
+        ("retry", "move dead letters (state failed) back to pending"),
+        ("purge", "delete deliveries and their data (asks unless --yes)"),
     ):
-        q = qsub.add_parser(name, parents=[common], help=text)
+        q = qsub.add_parser(name, parents=[common], help=text, description=text)
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if name != "status":
-            q.add_argument("--destination")
-            q.add_argument("--state")
+            q.add_argument("--destination", help="only this destination")
+            q.add_argument(
+                "--state",
+                choices=[*STATES, "unrouted"],
+                help="only deliveries in this state (unrouted: instances no rule matched)",
+            )
             q.add_argument(
                 "--older-than",
                 dest="older_than",
                 default=None,
-                help="only deliveries received at least this long ago (e.g. 1h)",
+                metavar="AGE",
+                help="only instances received at least this long ago (e.g. 90s, 2h, 3d)",
             )
-            q.add_argument("--study", dest="study_uid", default=None, help="Study Instance UID")
-            q.add_argument("--limit", type=int, default=None)
+            q.add_argument(
+                "--study", dest="study_uid", default=None, metavar="UID", help="Study Instance UID"
+            )
+            q.add_argument("--limit", type=int, default=None, metavar="N", help="at most N")
         if name == "purge":
             q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_queue)

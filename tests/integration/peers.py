@@ -161,18 +161,25 @@ class RouterProcess:
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
-    def start(self, timeout: float = 30.0) -> RouterProcess:
+    def start(self, timeout: float = 30.0, *, ready: bool = True) -> RouterProcess:
+        """Start and wait for /readyz (or only /healthz and the DICOM port when
+        ``ready`` is False: a router with low storage is alive but not ready)."""
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "run", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(
-            lambda: self.ready() or self.proc.poll() is not None,
-            timeout,  # type: ignore[union-attr]
-            "the router to be ready",
-        )
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                return True
+            if ready:
+                return self.ready()
+            return self.http("/healthz")[0] == 200 and port_open(self.port)
+
+        wait_for(up, timeout, "the router to be ready")
         if self.proc.poll() is not None:
             raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.log()}")
         return self
@@ -262,8 +269,8 @@ def write_config(
 
 
 @contextlib.contextmanager
-def running(router: RouterProcess) -> Iterator[RouterProcess]:
-    router.start()
+def running(router: RouterProcess, *, ready: bool = True) -> Iterator[RouterProcess]:
+    router.start(ready=ready)
     try:
         yield router
     finally:
