@@ -4,8 +4,10 @@ One anyio task group owns every task of a running router: the queue's commit loo
 HTTP endpoint, the forward workers, the DICOM acceptor and the signal handler. SIGTERM
 and SIGINT stop gracefully (no new associations, in-flight C-STOREs finish and are
 acknowledged, workers stop after their current send, then the queue closes). SIGHUP
-reloads the config: validated in full, then swapped atomically; a bad one is logged
-with the same lines as ``check`` and the old one keeps running.
+reloads the config, and so does a change of the config or rule files (polled by
+:class:`router.reload.ConfigWatcher`): validated in full, then swapped atomically; a bad
+one is logged with the same lines as ``check`` and the old one keeps running. The
+operator API (:mod:`router.api`) serves the queue commands on the HTTP server.
 """
 
 from __future__ import annotations
@@ -19,23 +21,35 @@ import anyio
 import anyio.abc
 
 from router import __version__, logs
+from router.api import OperatorApi
 from router.config import Config, load_config
 from router.dicom import Acceptor, AcceptorConfig
 from router.forward.worker import Forwarder
 from router.http import HttpServer
 from router.ingest import Ingest
 from router.metrics import Metrics, QueueSnapshot, disk_free_bytes
+from router.reload import ConfigWatcher, keep_restart_only, runtime_problems, watched_paths
 from router.rules.model import ConfigError
 from router.store.queue import Queue
 from router.tls import server_context
 
 log = logging.getLogger("router.app")
 
-# Settings a reload cannot change in a running process (they need a restart).
-_RESTART_ONLY = ("storage", "listen", "http")
+#: How often the config and rule files are checked for changes (seconds); the
+#: environment variable DICOM_ROUTER_WATCH_INTERVAL overrides it, 0 turns it off.
+WATCH_INTERVAL = 2.0
 
 
-def acceptor_config(cfg: Config) -> AcceptorConfig:
+def _watch_interval() -> float:
+    try:
+        return float(os.environ.get("DICOM_ROUTER_WATCH_INTERVAL", WATCH_INTERVAL))
+    except ValueError:
+        return WATCH_INTERVAL
+
+
+def acceptor_config(cfg: Config, *, tls: bool = True) -> AcceptorConfig:
+    """The acceptor's settings; ``tls=False`` leaves the TLS context out (a reload keeps
+    the running one, so it is not loaded again)."""
     listen = cfg.listen
     return AcceptorConfig(
         ae_title=cfg.ae_title,
@@ -49,7 +63,7 @@ def acceptor_config(cfg: Config) -> AcceptorConfig:
         acse_timeout=listen.acse_timeout,
         network_timeout=listen.network_timeout,
         dimse_timeout=listen.dimse_timeout,
-        ssl_context=server_context(listen.tls) if listen.tls is not None else None,
+        ssl_context=server_context(listen.tls) if tls and listen.tls is not None else None,
         tls_handshake_timeout=listen.tls_handshake_timeout,
     )
 
@@ -75,6 +89,16 @@ class Router:
         self.acceptor = Acceptor(acceptor_config(config), self.ingest)
         self.forwarder = Forwarder(lambda: self.config, self.queue, self.metrics)
         self.http = HttpServer(config.http.host, config.http.port, self.metrics, self.readiness)
+        self.api = OperatorApi(
+            self.queue, lambda: self.config, self.storage_dir, config_path, self.reload_problems
+        )
+        self.api.install(self.http)
+        self.watcher = ConfigWatcher(
+            lambda: watched_paths(self.config_path, self.config),
+            lambda: self.reload(reason="file_changed"),
+            interval=_watch_interval() or WATCH_INTERVAL,
+        )
+        self._reload_lock = anyio.Lock()
         self.metrics.set_snapshot_source(self.snapshot)
         self.metrics.set_destinations(config.destinations)
         self.metrics.set_rules(config.rules.names)
@@ -129,6 +153,9 @@ class Router:
             self._start_workers()
             self.dicom_port = await tg.start(self.acceptor.serve)
             tg.start_soon(self._signals)
+            if _watch_interval() > 0:
+                self.watcher.mark()
+                tg.start_soon(self.watcher.run)
             self._banner()
             task_status.started(self.dicom_port)
             await self.stopped.wait()
@@ -197,41 +224,77 @@ class Router:
                     self.stop()
                     return
 
-    async def reload(self) -> bool:
+    async def reload(self, reason: str = "signal") -> bool:
         """Load the config file again; swap it in when valid. Returns success."""
+        return not await self.reload_problems(reason)
+
+    async def reload_problems(self, reason: str = "api") -> list[str]:
+        """Reload; returns the problems that refused it (empty: reloaded)."""
+        async with self._reload_lock:
+            try:
+                return await self._reload(reason)
+            except Exception as e:  # a reload must never take the router down
+                log.exception("config reload failed")
+                self.metrics.config_reloaded(False)
+                problem = f"{self.config_path}: cannot reload: {type(e).__name__}: {e}"
+                logs.event(
+                    log, logging.ERROR, "config_reload_refused", reason=reason, error=problem
+                )
+                return [problem]
+
+    async def _reload(self, reason: str) -> list[str]:
+        self.watcher.mark()  # the state read from now on
+        problems: list[str]
         try:
             new = await anyio.to_thread.run_sync(load_config, self.config_path)
+            found = await anyio.to_thread.run_sync(runtime_problems, self.config_path, new)
+            problems = [str(p) for p in found]
         except ConfigError as e:
-            for p in e.problems:
-                logs.event(log, logging.ERROR, "config_reload_problem", problem=str(p))
-            self.metrics.config_reloaded(False)
-            logs.event(log, logging.ERROR, "config_reload_refused", problems=len(e.problems))
-            return False
+            problems = [str(p) for p in e.problems]
         except OSError as e:
+            problems = [f"{self.config_path}: cannot read: {e}"]
+        if problems:
+            for p in problems:
+                logs.event(log, logging.ERROR, "config_reload_problem", problem=p)
             self.metrics.config_reloaded(False)
-            logs.event(log, logging.ERROR, "config_reload_refused", error=str(e))
-            return False
-        kept = {k: getattr(self.config, k) for k in _RESTART_ONLY}
-        changed = [k for k in _RESTART_ONLY if getattr(new, k) != kept[k]]
+            logs.event(
+                log,
+                logging.ERROR,
+                "config_reload_refused",
+                reason=reason,
+                problems=len(problems),
+                running="the previous config",
+            )
+            return problems
+        old = self.config
+        new, changed = keep_restart_only(old, new)
         if changed:
             logs.event(
-                log, logging.WARNING, "config_reload_needs_restart", sections=",".join(changed)
+                log, logging.WARNING, "config_reload_needs_restart", settings=",".join(changed)
             )
-            new = new.model_copy(update=kept)
+        accept = acceptor_config(new, tls=False)
+        # The swap: no await from here on, so every task sees the old or the new config.
         self.config = new
-        self.acceptor.update(acceptor_config(new))
+        self.acceptor.update(accept)
         self.metrics.set_destinations(new.destinations)
         self.metrics.set_rules(new.rules.names)
         self.metrics.config_reloaded(True)
         self._start_workers()
+        if new.logging != old.logging:
+            logs.setup(new.logging.format, new.logging.level)
+        added = [d for d in new.destinations if d not in old.destinations]
+        removed = [d for d in old.destinations if d not in new.destinations]
         logs.event(
             log,
             logging.INFO,
             "config_reloaded",
+            reason=reason,
             rules=len(new.rules),
             destinations=len(new.destinations),
+            added=",".join(added) or "-",
+            removed=",".join(removed) or "-",
         )
-        return True
+        return []
 
 
 async def serve(config_path: Path) -> int:

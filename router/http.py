@@ -1,9 +1,10 @@
 """A small HTTP/1.1 server on anyio: GET /metrics, /healthz, /readyz (design.md, "HTTP").
 
 No framework: the request line and headers are read with a size bound and a timeout,
-one request per connection (``Connection: close``), GET and HEAD only. A route table
-(:meth:`HttpServer.add_route`) leaves room for a small JSON operator API such as
-``GET /api/queue``.
+one request per connection (``Connection: close``). A route table
+(:meth:`HttpServer.add_route`) serves GET (and HEAD) by default; a route may also take
+POST, whose body must come with a ``Content-Length`` of at most ``max_body_bytes``
+(the operator API of :mod:`router.api` uses this).
 
 Whatever a client sends, the server answers or closes the connection, logs, and goes
 on serving: a handler that raises gets a 500, a slow client a 408, an oversized head a
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +25,7 @@ import anyio
 import anyio.abc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from router import logs
 from router.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,18 @@ REASONS: Mapping[int, str] = MappingProxyType(
         404: "Not Found",
         405: "Method Not Allowed",
         408: "Request Timeout",
+        409: "Conflict",
+        411: "Length Required",
+        413: "Content Too Large",
+        415: "Unsupported Media Type",
         431: "Request Header Fields Too Large",
         500: "Internal Server Error",
         503: "Service Unavailable",
         505: "HTTP Version Not Supported",
     }
 )
-ALLOWED_METHODS = ("GET", "HEAD")
+ALLOWED_METHODS = ("GET", "HEAD")  # the default methods of a route
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: what a vanished client raises
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _TOKEN_CHARS = frozenset(
@@ -58,6 +65,7 @@ class Request:
     path: str
     query: str = ""
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    body: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,7 @@ class HttpServer:
         read_timeout: float = 10.0,
         write_timeout: float = 10.0,
         max_head_bytes: int = 8192,
+        max_body_bytes: int = 64 * 1024,
         max_connections: int = 64,
     ) -> None:
         self.host = host
@@ -144,15 +153,24 @@ class HttpServer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.max_head_bytes = max_head_bytes
+        self.max_body_bytes = max_body_bytes
         self._limiter = anyio.CapacityLimiter(max_connections)
         self.routes: dict[str, Handler] = {}
+        self.methods: dict[str, tuple[str, ...]] = {}
         self.add_route("/metrics", self._metrics)
         self.add_route("/healthz", self._healthz)
         self.add_route("/readyz", self._readyz)
 
-    def add_route(self, path: str, handler: Handler) -> None:
-        """Serve ``handler`` for GET (and HEAD) of exactly ``path``."""
+    def add_route(self, path: str, handler: Handler, methods: Sequence[str] = ("GET",)) -> None:
+        """Serve ``handler`` for ``methods`` of exactly ``path`` (GET implies HEAD).
+
+        Other methods get 405 with an ``Allow`` header. A POST's body is read before
+        the handler runs (``Request.body``), bounded by ``max_body_bytes``."""
+        allowed = [m.upper() for m in methods]
+        if "GET" in allowed and "HEAD" not in allowed:
+            allowed.insert(allowed.index("GET") + 1, "HEAD")
         self.routes[path] = handler
+        self.methods[path] = tuple(allowed)
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -163,7 +181,7 @@ class HttpServer:
         async with listener:
             bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
             self.port = bound
-            log.info("HTTP listening on %s:%d", self.host, bound)
+            logs.event(log, logging.INFO, "http_listening", host=self.host, port=bound)
             task_status.started(bound)
             await listener.serve(self._connection)
 
@@ -180,31 +198,33 @@ class HttpServer:
                 await self._handle(stream)
             except Exception:
                 # Never let one connection take the server down.
-                log.exception("HTTP connection failed")
+                log.exception("http_connection_failed")
             finally:
                 self._limiter.release()
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         method = "GET"
         try:
-            head = await self._read_head(stream)
-            if head is None:
+            got = await self._read_head(stream)
+            if got is None:
                 return  # the peer closed before sending a request
+            head, rest = got
             request = parse_head(head)
             method = request.method
-            response = await self._dispatch(request)
+            response = await self._dispatch(request, stream, rest)
         except BadRequest as e:
             response = Response.text(e.status, e.message + "\n")
         await self._send(stream, method, response)
         await self._linger(stream)
 
-    async def _read_head(self, stream: anyio.abc.SocketStream) -> bytes | None:
+    async def _read_head(self, stream: anyio.abc.SocketStream) -> tuple[bytes, bytes] | None:
+        """(the head without its final blank line, the bytes received after it)."""
         buf = bytearray()
         with anyio.move_on_after(self.read_timeout):
             while True:
                 end = buf.find(b"\r\n\r\n")
                 if end >= 0:
-                    return bytes(buf[:end])
+                    return bytes(buf[:end]), bytes(buf[end + 4 :])
                 if len(buf) >= self.max_head_bytes:
                     raise BadRequest(431, "request head too large")
                 try:
@@ -216,21 +236,52 @@ class HttpServer:
                 buf += chunk
         raise BadRequest(408, "request not received in time")
 
-    async def _dispatch(self, request: Request) -> Response:
-        if request.method not in ALLOWED_METHODS:
+    async def _read_body(
+        self, stream: anyio.abc.SocketStream, request: Request, rest: bytes
+    ) -> bytes:
+        if "transfer-encoding" in request.headers:
+            raise BadRequest(411, "send the body with a Content-Length, not chunked")
+        length_text = request.headers.get("content-length")
+        if length_text is None:
+            if rest:
+                raise BadRequest(411, "a request body needs a Content-Length")
+            return b""
+        if not length_text.isdigit() or len(length_text) > 12:
+            raise BadRequest(400, "malformed Content-Length")
+        length = int(length_text)
+        if length > self.max_body_bytes:
+            raise BadRequest(413, f"request body larger than {self.max_body_bytes} bytes")
+        buf = bytearray(rest[:length])
+        with anyio.move_on_after(self.read_timeout):
+            while len(buf) < length:
+                try:
+                    buf += await stream.receive(length - len(buf))
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    raise BadRequest(400, "incomplete request body") from None
+            return bytes(buf)
+        raise BadRequest(408, "request body not received in time")
+
+    async def _dispatch(
+        self, request: Request, stream: anyio.abc.SocketStream | None = None, rest: bytes = b""
+    ) -> Response:
+        handler = self.routes.get(request.path)
+        if handler is None:
+            return Response.text(404, "not found\n")
+        allowed = self.methods.get(request.path, ALLOWED_METHODS)
+        if request.method not in allowed:
             return Response(
                 405,
                 b"method not allowed\n",
                 TEXT,
-                MappingProxyType({"Allow": ", ".join(ALLOWED_METHODS)}),
+                MappingProxyType({"Allow": ", ".join(allowed)}),
             )
-        handler = self.routes.get(request.path)
-        if handler is None:
-            return Response.text(404, "not found\n")
+        if request.method in _BODY_METHODS and stream is not None:
+            body = await self._read_body(stream, request, rest)
+            request = Request(request.method, request.path, request.query, request.headers, body)
         try:
             return await handler(request)
         except Exception:
-            log.exception("HTTP handler for %s failed", request.path)
+            log.exception("http_handler_failed", extra={"path": request.path})
             return Response.text(500, "internal error\n")
 
     async def _send(self, stream: anyio.abc.SocketStream, method: str, resp: Response) -> None:
@@ -270,7 +321,7 @@ class HttpServer:
         try:
             problems = list(self.readiness())
         except Exception as e:
-            log.exception("readiness check failed")
+            log.exception("readiness_check_failed")
             problems = [f"readiness check failed: {type(e).__name__}"]
         if problems:
             return Response.text(503, "".join(f"{p}\n" for p in problems))

@@ -1,8 +1,11 @@
 """`dicom-router queue status|list|retry|purge`: the operator's view of the queue.
 
-``status`` and ``list`` read the database directly (SQLite WAL lets them read while the
-router writes). ``retry`` and ``purge`` change it: they need the router stopped, since
-the router holds the storage lock while it runs.
+While the router runs, the commands go through its operator API (:mod:`router.api`)
+on ``http.host:http.port``, so changes are made by the router's own queue. When no
+router answers there, ``status`` and ``list`` read the database (read-only, WAL: safe
+next to a router writing), and ``retry`` and ``purge`` take the storage lock and change
+it directly (:class:`router.store.queue.QueueAdmin`); a router that runs without its
+HTTP server keeps that lock, and then they refuse with a message saying so.
 """
 
 from __future__ import annotations
@@ -11,95 +14,127 @@ import argparse
 import json
 import sqlite3
 import sys
-import time
-from dataclasses import asdict
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
-from router.config import Config, parse_duration
-from router.store.queue import (
-    DB_NAME,
-    STATES,
-    Filter,
-    QueueAdmin,
-    RouterRunning,
-    count_by_sql,
-    read_deliveries,
-)
+from router import ops
+from router.config import Config
+from router.store.queue import DB_NAME, Filter, QueueAdmin, RouterRunning, read_deliveries
 
 
-def _filter(args: argparse.Namespace) -> Filter:
-    return Filter(
-        destination=args.destination,
-        state=args.state,
-        min_age=parse_duration(args.older_than) if args.older_than else None,
-        study_uid=args.study_uid,
-        limit=args.limit,
+class CommandError(Exception):
+    """A problem to print as one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------- API client
+
+
+class RouterApi:
+    """The operator API of a running router."""
+
+    def __init__(self, base: str, timeout: float = 60.0) -> None:
+        self.base = base
+        self.timeout = timeout
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> RouterApi | None:
+        if not cfg.http.enabled or cfg.http.port == 0:
+            return None
+        host = cfg.http.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return cls(f"http://{host}:{cfg.http.port}")
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            text = e.read().decode("utf-8", "replace")
+            try:
+                message = json.loads(text)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = text.strip() or e.reason
+            raise CommandError(f"the router at {self.base} answered {e.code}: {message}") from None
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        query = f"?{urlencode(params)}" if params else ""
+        return self._call("GET", path + query)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._call("POST", path, body)
+
+    def serves(self, storage: Path) -> bool:
+        """True when a router answers here and its storage is ``storage``."""
+        try:
+            with urllib.request.urlopen(self.base + "/api/info", timeout=5) as r:
+                info = json.loads(r.read())
+        except (OSError, ValueError):
+            return False  # nobody listens, or not our API
+        return isinstance(info, dict) and info.get("storage") == str(storage.resolve())
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+def _filter(args: argparse.Namespace, *, default_limit: int | None = None) -> Filter:
+    return ops.make_filter(
+        {
+            "destination": args.destination,
+            "state": args.state,
+            "older_than": args.older_than,
+            "study": args.study_uid,
+            "limit": args.limit if args.limit is not None else default_limit,
+        }
     )
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    )
-
-
-def status(cfg: Config, args: argparse.Namespace) -> int:
-    storage = Path(cfg.storage.path)
-    counts, unrouted, active = count_by_sql(storage)
-    dests = sorted({d for d, _ in counts} | set(cfg.destinations))
+def status(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
+    if api is not None:
+        report = api.get("/api/queue/status")
+        source = f"the running router ({api.base})"
+    else:
+        report = {"source": "database", **ops.status_report(cfg.storage.path, cfg.destinations)}
+        source = f"the database in {cfg.storage.path} (no router answers on its HTTP port)"
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "destinations": {d: {s: counts.get((d, s), 0) for s in STATES} for d in dests},
-                    "unrouted": unrouted,
-                    "instances": active,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(report, indent=2))
         return 0
-    rows = [["destination", *STATES]]
-    for d in dests:
-        name = d if d in cfg.destinations else f"{d} (not in config)"
-        rows.append([name, *(str(counts.get((d, s), 0)) for s in STATES)])
-    print(_table(rows))
-    print(f"\nunrouted instances: {unrouted}   instances not yet delivered everywhere: {active}")
+    print(ops.status_table(report))
+    print(f"from {source}")
     return 0
 
 
-def _fmt_time(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def list_(cfg: Config, args: argparse.Namespace) -> int:
-    entries = read_deliveries(Path(cfg.storage.path), _filter(args))
+def list_(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
+    f = _filter(args, default_limit=ops.DEFAULT_LIST_LIMIT)
+    if api is not None:
+        answer = api.get("/api/queue/deliveries", ops.filter_params(f))
+        entries = [ops.entry_from_json(d) for d in answer["deliveries"]]
+    else:
+        entries = read_deliveries(Path(cfg.storage.path), f)
     if args.json:
-        print(json.dumps([asdict(e) for e in entries], indent=2))
+        print(json.dumps([ops.entry_json(e) for e in entries], indent=2))
         return 0
-    rows = [["instance", "destination", "state", "attempts", "received", "due", "last"]]
-    for e in entries:
-        last = "-"
-        if e.last_status is not None:
-            last = f"{e.last_status:04x}"
-        if e.last_error:
-            last = f"{last} {e.last_error}" if last != "-" else e.last_error
-        rows.append(
-            [
-                e.instance_id,
-                e.destination or "-",
-                e.state,
-                str(e.attempts),
-                _fmt_time(e.received_at),
-                _fmt_time(e.due_at),
-                last,
-            ]
-        )
-    print(_table(rows))
+    if not entries:
+        print(f"no deliveries match {ops.describe_filter(f)}")
+        return 0
+    print(ops.entries_table(entries))
+    if f.limit is not None and len(entries) >= f.limit:
+        print(f"(the first {f.limit}; more with --limit N)")
     return 0
 
 
@@ -107,33 +142,55 @@ def _admin(cfg: Config) -> QueueAdmin:
     return QueueAdmin(Path(cfg.storage.path), retention=cfg.storage.retention)
 
 
-def retry(cfg: Config, args: argparse.Namespace) -> int:
+def _running_without_api(cfg: Config) -> CommandError:
+    where = f"{cfg.http.host}:{cfg.http.port}" if cfg.http.enabled else "nowhere (http is off)"
+    return CommandError(
+        f"a router is running on {cfg.storage.path} but its operator API does not answer "
+        f"at {where}: enable http in its config (and restart it), or stop it first"
+    )
+
+
+def retry(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
     f = _filter(args)
     if f.state not in (None, "failed"):
-        print(
-            "dicom-router: retry moves dead letters (state failed) back to pending", file=sys.stderr
-        )
-        return 2
-    with _admin(cfg) as q:
-        n = q.retry_failed(f)
+        raise CommandError("retry moves dead letters (state failed) back to pending", 2)
+    if api is not None:
+        n = api.post("/api/queue/retry", ops.filter_params(f))["retried"]
+    else:
+        try:
+            with _admin(cfg) as q:
+                n = q.retry_failed(f)
+        except RouterRunning:
+            raise _running_without_api(cfg) from None
     print(f"{n} dead letter(s) back to pending")
     return 0
 
 
-def purge(cfg: Config, args: argparse.Namespace) -> int:
+def purge(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
     f = _filter(args)
     if not args.yes:
         if not sys.stdin.isatty():
-            print("dicom-router: purge deletes data: confirm with --yes", file=sys.stderr)
-            return 2
-        answer = input("Delete the matching deliveries and their data for good? [y/N] ")
+            raise CommandError("purge deletes data: confirm with --yes", 2)
+        answer = input(
+            f"Delete the deliveries matching {ops.describe_filter(f)}, and the data of "
+            "instances left without any, for good? [y/N] "
+        )
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    with _admin(cfg) as q:
-        n = q.purge(f)
+    if api is not None:
+        n = api.post("/api/queue/purge", {**ops.filter_params(f), "confirm": True})["purged"]
+    else:
+        try:
+            with _admin(cfg) as q:
+                n = q.purge(f)
+        except RouterRunning:
+            raise _running_without_api(cfg) from None
     print(f"{n} deleted")
     return 0
+
+
+ACTIONS = {"status": status, "list": list_, "retry": retry, "purge": purge}
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -144,15 +201,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    action = {"status": status, "list": list_, "retry": retry, "purge": purge}
     try:
-        return action[args.queue_command](cfg, args)
-    except RouterRunning:
-        print(
-            f"dicom-router: the router is running on {storage}: stop it to {args.queue_command}",
-            file=sys.stderr,
-        )
-        return 1
-    except (ValueError, sqlite3.Error) as e:
+        api = RouterApi.for_config(cfg)
+        if api is not None and not api.serves(storage):
+            api = None
+        return ACTIONS[args.queue_command](cfg, args, api)
+    except CommandError as e:
+        print(f"dicom-router: {e}", file=sys.stderr)
+        return e.code
+    except (ValueError, sqlite3.Error, OSError) as e:
         print(f"dicom-router: {e}", file=sys.stderr)
         return 1
