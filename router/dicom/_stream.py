@@ -42,15 +42,11 @@ def set_nodelay(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def fmt(**fields: Any) -> str:
-    """One log event as key=value pairs; values with spaces or quotes are quoted."""
-    parts = []
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c in text for c in ' "=\n'):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+def kv(**fields: Any) -> dict[str, Any]:
+    """Log fields, passed as ``extra``: the message is the event name, one event per
+    line; router.logs renders them as logfmt, JSON or text. Only UIDs, AE titles, ids,
+    sizes and statuses go in here, never values from a data set."""
+    return {k: v if isinstance(v, int | float | type(None)) else str(v) for k, v in fields.items()}
 
 
 class PduStream:

@@ -16,7 +16,7 @@ from anyio.streams.tls import TLSStream
 
 from router.dicom import dimse
 from router.dicom._stream import PduStream, PeerClosed, raw_socket, set_nodelay
-from router.dicom._stream import fmt as _fmt
+from router.dicom._stream import kv as _kv
 from router.dicom.association import (
     Action,
     AssociationInfo,
@@ -124,14 +124,14 @@ class Acceptor:
             local_host=cfg.host, local_port=cfg.port, reuse_port=False
         )
         port = int(listener.extra(SocketAttribute.local_port))
-        log.info(_fmt(event="listening", host=cfg.host, port=port, ae_title=cfg.ae_title))
+        log.info("listening", extra=_kv(host=cfg.host, port=port, ae_title=cfg.ae_title))
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as self._accept_scope:
                 async with listener:
                     task_status.started(port)
                     if self._accepting:
                         await listener.serve(self._connection, task_group=tg)
-            log.info(_fmt(event="stopped_accepting", port=port))
+            log.info("stopped_accepting", extra=_kv(port=port))
             await anyio.sleep_forever()
 
     # -- one association ---------------------------------------------------------
@@ -141,7 +141,7 @@ class Acceptor:
         host, port = _peer(stream)
         if self._negotiating >= self.config.max_associations + MAX_EXTRA_NEGOTIATING:
             # a flood of connections that do not (yet) associate: shed them at once
-            log.warning(_fmt(event="connection_shed", id=aid, peer=f"{host}:{port}"))
+            log.warning("connection_shed", extra=_kv(id=aid, peer=f"{host}:{port}"))
             self._protocol_error("connection_flood")
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await stream.aclose()
@@ -149,7 +149,7 @@ class Acceptor:
         try:
             await self._association(aid, stream, host, port)
         except Exception as exc:  # a peer must never take the server down
-            log.exception(_fmt(event="association_crashed", id=aid, peer=f"{host}:{port}"))
+            log.exception("association_crashed", extra=_kv(id=aid, peer=f"{host}:{port}"))
             self._protocol_error("internal:" + type(exc).__name__)
         finally:
             with anyio.CancelScope(shield=True):
@@ -163,13 +163,13 @@ class Acceptor:
         try:
             self.handler.protocol_error(kind)
         except Exception:
-            log.exception(_fmt(event="handler_error", hook="protocol_error"))
+            log.exception("handler_error", extra=_kv(hook="protocol_error"))
 
     def _hook(self, name: str, *args: Any) -> None:
         try:
             getattr(self.handler, name)(*args)
         except Exception:
-            log.exception(_fmt(event="handler_error", hook=name))
+            log.exception("handler_error", extra=_kv(hook=name))
 
     async def _association(self, aid: str, stream: ByteStream, host: str, port: int) -> None:
         self._negotiating += 1
@@ -201,12 +201,12 @@ class Acceptor:
                         standard_compatible=False,
                     )
             except TimeoutError:
-                log.warning(_fmt(event="tls_handshake_timeout", id=aid, peer=f"{host}:{port}"))
+                log.warning("tls_handshake_timeout", extra=_kv(id=aid, peer=f"{host}:{port}"))
                 self._protocol_error("tls_timeout")
                 return
             except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
                 log.warning(
-                    _fmt(event="tls_handshake_failed", id=aid, peer=f"{host}:{port}", error=exc)
+                    "tls_handshake_failed", extra=_kv(id=aid, peer=f"{host}:{port}", error=exc)
                 )
                 self._protocol_error("tls_handshake")
                 return
@@ -219,7 +219,7 @@ class Acceptor:
             pdu_type, pdu = await ps.read_pdu(MAX_ASSOCIATE_PDU, cfg.acse_timeout)
             action = machine.receive(pdu_type)
             if action is Action.ABORTED:
-                log.info(_fmt(event="aborted_before_associate", id=aid, peer=peer))
+                log.info("aborted_before_associate", extra=_kv(id=aid, peer=peer))
                 return
             if action is not Action.ASSOCIATE_RQ:
                 raise ProtocolError(
@@ -227,14 +227,14 @@ class Acceptor:
                 )
             rq = decode_associate_rq(bytes(pdu))
         except DicomTimeout:
-            log.info(_fmt(event="acse_timeout", id=aid, peer=peer))
+            log.info("acse_timeout", extra=_kv(id=aid, peer=peer))
             self._protocol_error("acse_timeout")
             return
         except PeerClosed:
-            log.info(_fmt(event="closed_before_associate", id=aid, peer=peer))
+            log.info("closed_before_associate", extra=_kv(id=aid, peer=peer))
             return
         except ProtocolError as exc:
-            log.warning(_fmt(event="protocol_error", id=aid, peer=peer, kind=exc.kind, error=exc))
+            log.warning("protocol_error", extra=_kv(id=aid, peer=peer, kind=exc.kind, error=exc))
             self._protocol_error(exc.kind)
             await self._abort(ps)
             return
@@ -248,12 +248,12 @@ class Acceptor:
             try:
                 rejection = self.handler.check_association(info)
             except Exception:
-                log.exception(_fmt(event="handler_error", hook="check_association", id=aid))
+                log.exception("handler_error", extra=_kv(hook="check_association", id=aid))
                 rejection = Rejection.temporary_congestion()
         if rejection is not None:
             log.info(
-                _fmt(
-                    event="association_rejected",
+                "association_rejected",
+                extra=_kv(
                     id=aid,
                     calling_ae=rq.calling_ae,
                     called_ae=rq.called_ae,
@@ -261,7 +261,7 @@ class Acceptor:
                     result=rejection.result,
                     source=rejection.source,
                     reason=rejection.reason,
-                )
+                ),
             )
             machine.rejected()
             self._hook("association_rejected", rejection)
@@ -312,8 +312,8 @@ class Acceptor:
         peer = f"{info.peer_host}:{info.peer_port}"
         await ps.send(encode_associate_ac(rq, results, cfg.max_pdu_length))
         log.info(
-            _fmt(
-                event="association_accepted",
+            "association_accepted",
+            extra=_kv(
                 id=info.id,
                 calling_ae=info.calling_ae,
                 called_ae=info.called_ae,
@@ -321,7 +321,7 @@ class Acceptor:
                 contexts=len(accepted),
                 proposed=len(rq.contexts),
                 peer_max_pdu=peer_max,
-            )
+            ),
         )
         self._hook("association_opened", info)
 
@@ -353,7 +353,7 @@ class Acceptor:
                                 await ps.send(
                                     pdata_pdus(ctx, dimse.echo_rsp(mid), peer_max, COMMAND, True)
                                 )
-                                log.debug(_fmt(event="echo", id=info.id, message_id=mid))
+                                log.debug("echo", extra=_kv(id=info.id, message_id=mid))
                                 continue
                             if field != dimse.C_STORE_RQ or not dimse.has_data_set(command):
                                 raise ProtocolError(
@@ -371,7 +371,7 @@ class Acceptor:
                                     refused = exc
                                 except Exception:
                                     log.exception(
-                                        _fmt(event="handler_error", hook="open_store", id=info.id)
+                                        "handler_error", extra=_kv(hook="open_store", id=info.id)
                                     )
                                     refused = StoreRefused(Status.CANNOT_UNDERSTAND)
                             reader.start_data(ctx, sink)
@@ -396,14 +396,14 @@ class Acceptor:
                                 )
                             )
                             log.debug(
-                                _fmt(
-                                    event="c_store",
+                                "c_store",
+                                extra=_kv(
                                     id=info.id,
                                     message_id=req.message_id,
                                     sop_instance_uid=req.sop_instance_uid,
                                     status=f"0x{status:04X}",
                                     bytes=reader.data_bytes,
-                                )
+                                ),
                             )
                             req = None
                 elif action is Action.RELEASE_RQ:
@@ -414,7 +414,7 @@ class Acceptor:
                     return
                 elif action is Action.ABORTED:
                     source, reason = decode_abort(pdu)
-                    log.info(_fmt(event="peer_aborted", id=info.id, source=source, reason=reason))
+                    log.info("peer_aborted", extra=_kv(id=info.id, source=source, reason=reason))
                     how = "aborted"
                     return
                 else:
@@ -423,15 +423,15 @@ class Acceptor:
                     )
         except DicomTimeout as exc:
             how = "timeout"
-            log.warning(_fmt(event="association_timeout", id=info.id, peer=peer, error=exc))
+            log.warning("association_timeout", extra=_kv(id=info.id, peer=peer, error=exc))
             await self._abort(ps)
         except PeerClosed:
             how = "aborted"
-            log.info(_fmt(event="connection_lost", id=info.id, peer=peer))
+            log.info("connection_lost", extra=_kv(id=info.id, peer=peer))
         except ProtocolError as exc:
             how = "error"
             log.warning(
-                _fmt(event="protocol_error", id=info.id, peer=peer, kind=exc.kind, error=exc)
+                "protocol_error", extra=_kv(id=info.id, peer=peer, kind=exc.kind, error=exc)
             )
             self._protocol_error(exc.kind)
             await self._abort(ps, 2 if exc.kind == "unexpected_pdu" else 0)
@@ -447,10 +447,8 @@ class Acceptor:
                 try:
                     sink.abort()
                 except Exception:
-                    log.exception(_fmt(event="handler_error", hook="sink.abort", id=info.id))
-            log.info(
-                _fmt(event="association_closed", id=info.id, how=how, stored=stored, peer=peer)
-            )
+                    log.exception("handler_error", extra=_kv(hook="sink.abort", id=info.id))
+            log.info("association_closed", extra=_kv(id=info.id, how=how, stored=stored, peer=peer))
             self._hook("association_closed", info, how)
 
     async def _finish(
@@ -469,12 +467,12 @@ class Acceptor:
             return int(await self.handler.finish_store(info, req, sink)), None
         except Exception as exc:
             log.exception(
-                _fmt(
-                    event="finish_store_failed",
+                "finish_store_failed",
+                extra=_kv(
                     id=info.id,
                     sop_instance_uid=req.sop_instance_uid,
                     error=type(exc).__name__,
-                )
+                ),
             )
             with contextlib.suppress(Exception):
                 sink.abort()

@@ -22,7 +22,8 @@ from typing import Any
 import anyio
 
 from router.dicom import dimse
-from router.dicom._stream import PduStream, PeerClosed, fmt
+from router.dicom._stream import PduStream, PeerClosed
+from router.dicom._stream import kv as _kv
 from router.dicom.association import (
     Action,
     Machine,
@@ -338,14 +339,14 @@ class Association:
         finally:
             self._machine.aborted()
             await self._ps.close()
-        log.info(fmt(event="association_released", peer=self._label))
+        log.info("association_released", extra=_kv(peer=self._label))
 
     async def abort(self) -> None:
         if self._machine.state is State.CLOSED:
             await self._ps.close()
             return
         await self._fail(AssociationAborted(0, 0))
-        log.info(fmt(event="association_aborted_by_us", peer=self._label))
+        log.info("association_aborted_by_us", extra=_kv(peer=self._label))
 
 
 async def _associate(
@@ -385,14 +386,14 @@ async def _associate(
         if action is Action.ASSOCIATE_RJ:
             result, source, reason = decode_associate_rj(bytes(pdu))
             log.info(
-                fmt(
-                    event="association_rejected_by_peer",
+                "association_rejected_by_peer",
+                extra=_kv(
                     peer=label,
                     called_ae=called_ae,
                     result=result,
                     source=source,
                     reason=reason,
-                )
+                ),
             )
             raise AssociationRejected(result, source, reason)
         if action is Action.ABORTED:
@@ -420,14 +421,14 @@ async def _associate(
         if cx.result == 0 and cx.context_id is not None and cx.transfer_syntax
     }
     log.info(
-        fmt(
-            event="association_established",
+        "association_established",
+        extra=_kv(
             peer=label,
             calling_ae=calling_ae,
             called_ae=called_ae,
             contexts=len(accepted),
             peer_max_pdu=ac.max_pdu_length,
-        )
+        ),
     )
     return Association(
         ps, accepted, ac.max_pdu_length, max_pdu_length, dimse_timeout, acse_timeout, label

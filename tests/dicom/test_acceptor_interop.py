@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections import defaultdict
 from pathlib import Path
@@ -216,3 +217,31 @@ async def _wait_closed(handler: RecordingHandler, n: int) -> None:
     with anyio.fail_after(10):
         while len(handler.closed) < n:
             await anyio.sleep(0.01)
+
+
+async def test_log_events_are_structured_and_carry_no_patient_data(
+    dcmtk: Path, handler: RecordingHandler, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pydicom import dcmread
+
+    files = write_many(tmp_path / "src", 3)
+    patient = dcmread(files[0])
+    caplog.set_level(logging.DEBUG, logger="router.dicom")
+    async with running(Acceptor(config(), handler)) as port:
+        rc, out = await run_tool(
+            ["storescu", "-aec", "ROUTER", "127.0.0.1", str(port)] + [str(f) for f in files]
+        )
+        assert rc == 0, out
+        assert await echo(port) == 0
+    records = [r for r in caplog.records if r.name.startswith("router.dicom")]
+    events = {r.getMessage() for r in records}
+    assert {"association_accepted", "c_store", "association_closed"} <= events
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", e) for e in events), events
+    stored = [r for r in records if r.getMessage() == "c_store"]
+    assert {r.__dict__["sop_instance_uid"] for r in stored} == {
+        s.req.sop_instance_uid for s in handler.stored
+    }
+    text = " ".join(f"{r.getMessage()} {r.__dict__}" for r in records)
+    assert str(patient.PatientName) not in text and str(patient.PatientID) not in text
