@@ -161,6 +161,8 @@ def test_queue_commands_while_the_router_runs(
         assert router.terminate() == 0
     assert pacs is not None
     pacs.stop()
+    log_text = router.log_path.read_text()
+    assert "Synthetic" not in log_text and "SYN0" not in log_text  # no patient name or ID
     events = [r["event"] for r in json_log(router.log_path)]
     assert events.count("queue_retry") == 3 and events.count("queue_purge") == 1
 
@@ -218,3 +220,5 @@ def test_queue_commands_on_the_database_when_the_api_is_off(
     assert (rc, out) == (0, "4 deleted\n")
     report = status_json(capsys, cli_config)
     assert report["instances"] == 0 and report["unrouted"]["count"] == 0
+    records = json_log(router.log_path)  # every line is JSON
+    assert {"started", "stored", "dead_letter", "stopped"} <= {r["event"] for r in records}
