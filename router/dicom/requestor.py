@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.streams.tls import TLSStream
 
 from router.dicom import dimse
 from router.dicom._stream import PduStream, PeerClosed
@@ -365,18 +366,30 @@ async def _associate(
 ) -> Association:
     proposed = requestor_contexts(contexts)
     label = f"{host}:{port}"
+    phase = "connect to"
     try:
         with anyio.fail_after(connect_timeout):
-            if ssl_context is None:
-                stream: Any = await anyio.connect_tcp(host, port)
-            else:
-                stream = await anyio.connect_tcp(
-                    host, port, ssl_context=ssl_context, tls_standard_compatible=False
-                )
+            stream: Any = await anyio.connect_tcp(host, port)
+            if ssl_context is not None:
+                # the handshake apart from the connect, so a failure names TLS
+                phase = "TLS handshake with"
+                tcp = stream
+                try:
+                    stream = await TLSStream.wrap(
+                        tcp, hostname=host, ssl_context=ssl_context, standard_compatible=False
+                    )
+                except BaseException:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        await tcp.aclose()
+                    raise
     except TimeoutError:
-        raise ConnectTimeout(f"connect to {label} timed out") from None
+        raise ConnectTimeout(f"{phase} {label} timed out") from None
     except (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-        raise ConnectError(f"cannot connect to {label}: {exc}") from exc
+        if phase == "connect to":
+            raise ConnectError(f"cannot connect to {label}: {exc}") from exc
+        raise ConnectError(
+            f"TLS handshake with {label} failed: {exc or type(exc).__name__}"
+        ) from exc
     ps = PduStream(stream, network_timeout)
     machine = Machine(State.AWAIT_AC)
     try:
