@@ -155,10 +155,8 @@ def _start_writeback(fd: int) -> None:
     The fsync before the acknowledgement then only waits for the tail and the
     metadata: a large data set's sync overlaps its reception instead of following it."""
     if _SYNC_FILE_RANGE is not None:
-        try:
+        with contextlib.suppress(OSError):
             _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-        except OSError:
-            pass
 
 
 class SpooledSink:
