@@ -284,6 +284,9 @@ class Router:
             logs.setup(new.logging.format, new.logging.level)
         added = [d for d in new.destinations if d not in old.destinations]
         removed = [d for d in old.destinations if d not in new.destinations]
+        for name in removed:  # their idle workers see the new config and leave now
+            self.queue.wake(name)
+            self.forwarder.notify(name)
         logs.event(
             log,
             logging.INFO,

@@ -130,6 +130,12 @@ class Forwarder:
             rt.ssl_context = client_context(dest.tls) if dest.tls is not None else None
         return rt
 
+    def notify(self, name: str) -> None:
+        """Wake the workers of ``name`` waiting on its breaker (config changed)."""
+        rt = self._runtimes.get(name)
+        if rt is not None:
+            rt.notify()
+
     # -- the worker loop
 
     async def worker(self, name: str, index: int) -> None:
@@ -288,7 +294,11 @@ class Forwarder:
                         await self._record_status(
                             rt.name, done, resp.status, resp.error_comment, delivered
                         )
-                        if not unsent and not self.stopping.is_set():
+                        if (
+                            not unsent
+                            and not self.stopping.is_set()
+                            and rt.name in self._config().destinations
+                        ):
                             if last_lease < dest.batch_size:
                                 # caught up with the senders: let a batch gather instead of
                                 # paying a queue transaction for every instance

@@ -976,6 +976,11 @@ class Queue:
         if ev is not None:
             ev.set()
 
+    def wake(self, destination: str) -> None:
+        """Wake whoever waits for work of ``destination`` (e.g. after a reload removed
+        it, so its idle workers leave at once)."""
+        self._notify(destination)
+
     def _fail_pending(self, recv: MemoryObjectReceiveStream[_Job[Any]]) -> None:
         err = QueueClosed("the queue stopped")
         while True:
