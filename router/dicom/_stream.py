@@ -52,8 +52,10 @@ def kv(**fields: Any) -> dict[str, Any]:
 class PduStream:
     """Reads whole PDUs with our length limit checked on the header, before buffering.
 
-    `network_timeout` bounds every single receive, so a peer that stalls in the middle
-    of a PDU is timed out like one that stalls between PDUs."""
+    `network_timeout` bounds the rest of a PDU once its first byte has arrived (the
+    whole of it, not each receive), so a peer that stalls in the middle of a PDU, or
+    trickles it a byte at a time (slow-loris), is timed out like one that stalls
+    between PDUs."""
 
     __slots__ = ("_buf", "_pos", "_quickack_sock", "network_timeout", "stream")
 
@@ -68,7 +70,9 @@ class PduStream:
         set_nodelay(sock)
         self._quickack_sock = sock if (quickack and _QUICKACK is not None) else None
 
-    async def _receive(self, timeout: float | None) -> None:
+    async def _receive(self, timeout: float | None, deadline: float | None = None) -> None:
+        if deadline is not None:
+            timeout = max(0.0, deadline - anyio.current_time())
         try:
             if timeout is None:
                 chunk = await self.stream.receive(RECEIVE_SIZE)
@@ -76,6 +80,10 @@ class PduStream:
                 with anyio.fail_after(timeout):
                     chunk = await self.stream.receive(RECEIVE_SIZE)
         except TimeoutError:
+            if deadline is not None:
+                raise DicomTimeout(
+                    f"PDU not complete {self.network_timeout} s after its first byte"
+                ) from None
             raise DicomTimeout(f"no data from peer for {timeout} s") from None
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             raise PeerClosed() from None
@@ -89,6 +97,11 @@ class PduStream:
                 del buf[: self._pos]
             self._pos = 0
         buf += chunk
+
+    def _deadline(self) -> float | None:
+        if self.network_timeout is None:
+            return None
+        return anyio.current_time() + self.network_timeout
 
     def _quickack(self) -> None:
         # Linux leaves quick-ACK mode by itself (notably when we send), so it is set
@@ -106,17 +119,24 @@ class PduStream:
     ) -> tuple[int, bytearray | bytes]:
         """Return (pdu_type, whole PDU including its 6-byte header).
 
-        ``idle_timeout`` applies while waiting for the first byte of the PDU; every
-        later receive is bounded by ``network_timeout``."""
-        first = True
+        ``idle_timeout`` applies while waiting for the first byte of the PDU; the rest
+        must arrive within ``network_timeout`` of it."""
+        deadline: float | None = None
         while len(self._buf) - self._pos < HEADER_LENGTH:
-            await self._receive(idle_timeout if first else self.network_timeout)
-            first = False
+            if deadline is None and len(self._buf) == self._pos:
+                await self._receive(idle_timeout)
+            else:
+                if deadline is None:
+                    deadline = self._deadline()
+                await self._receive(None, deadline)
         pos = self._pos
         pdu_type, length = parse_header(memoryview(self._buf)[pos : pos + HEADER_LENGTH], limit)
         total = HEADER_LENGTH + length
-        while len(self._buf) - self._pos < total:
-            await self._receive(self.network_timeout)
+        if len(self._buf) - pos < total:
+            if deadline is None:
+                deadline = self._deadline()
+            while len(self._buf) - self._pos < total:
+                await self._receive(None, deadline)
         pos = self._pos
         buf = self._buf
         if pos == 0 and len(buf) == total:
