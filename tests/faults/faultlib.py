@@ -285,7 +285,9 @@ def instance_count(router: RouterProcess) -> int:
     return int(rows(router, "SELECT count(*) FROM instance")[0][0])
 
 
-def wait_metric(router: RouterProcess, name: str, value: float, timeout: float = 30, **labels: str) -> None:
+def wait_metric(
+    router: RouterProcess, name: str, value: float, timeout: float = 30, **labels: str
+) -> None:
     wait_for(
         lambda: router.metric(name, **labels) >= value,
         timeout,
@@ -364,3 +366,45 @@ def status_scp(**kw: Any) -> Iterator[StatusSCP]:
 def tree(root: Path) -> set[str]:
     """Every path under ``root``, relative."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# -- A-ASSOCIATE-RQ built byte by byte (for malformed ones) -------------------------------
+
+
+def _item(kind: int, body: bytes, length: int | None = None) -> bytes:
+    return struct.pack(">BxH", kind, len(body) if length is None else length) + body
+
+
+def context_item(
+    ctx_id: int, abstract: str, syntaxes: Sequence[str], length: int | None = None
+) -> bytes:
+    body = struct.pack(">BBBB", ctx_id & 0xFF, 0, 0, 0) + _item(0x30, abstract.encode())
+    body += b"".join(_item(0x40, ts.encode()) for ts in syntaxes)
+    return _item(0x20, body, length)
+
+
+def associate_rq(
+    called: bytes = b"ROUTER",
+    calling: bytes = b"FAULT",
+    contexts: Sequence[bytes] | None = None,
+    *,
+    app_context: bytes = b"1.2.840.10008.3.1.1.1",
+    user_info: bytes | None = None,
+    version: int = 1,
+    length: int | None = None,
+) -> bytes:
+    """A-ASSOCIATE-RQ from parts; every length can be wrong on purpose."""
+    if contexts is None:
+        contexts = [context_item(1, CT, [EXPLICIT])]
+    if user_info is None:
+        user_info = _item(0x50, _item(0x51, struct.pack(">L", 16384)))
+    body = (
+        struct.pack(">HH", version, 0)
+        + called.ljust(16, b" ")[:16]
+        + calling.ljust(16, b" ")[:16]
+        + bytes(32)
+        + _item(0x10, app_context)
+        + b"".join(contexts)
+        + user_info
+    )
+    return struct.pack(">BxL", 0x01, len(body) if length is None else length) + body

@@ -105,7 +105,9 @@ def test_2_partial_pdu_then_stall_is_aborted_while_others_are_served(
                 stalled.send(cmd[:100])
             else:
                 stalled.command(CT, "1.2.826.0.1.3680043.8.498.102")
-                data = bytes(pdu.pdata_pdus(1, dataset(CT, "1.2.826.0.1.3680043.8.498.102"), 16384, 0, True))
+                data = bytes(
+                    pdu.pdata_pdus(1, dataset(CT, "1.2.826.0.1.3680043.8.498.102"), 16384, 0, True)
+                )
                 stalled.send(data[: len(data) // 2])
         res = storescu(router.port, files)  # served while the stalled peer holds its slot
         assert res.returncode == 0, res.stderr
