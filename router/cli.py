@@ -148,7 +148,8 @@ def _print_explanation(cfg: Config, r: dict[str, Any]) -> None:
 def cmd_echo(args: argparse.Namespace) -> int:
     import anyio
 
-    from router.dicom import DicomError, associate
+    from router.dicom import DicomError
+    from router.forward.worker import IMPLICIT_LE, VERIFICATION, connect
     from router.tls import client_context
 
     cfg = _load(args.config)
@@ -164,19 +165,9 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     async def echo() -> tuple[int, float]:
         t0 = time.perf_counter()
-        async with associate(
-            dest.host,
-            dest.port,
-            calling_ae=dest.calling_ae_title or cfg.ae_title,
-            called_ae=dest.ae_title,
-            contexts=[("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
-            max_pdu_length=dest.max_pdu_length,
-            connect_timeout=dest.connect_timeout,
-            acse_timeout=dest.acse_timeout,
-            dimse_timeout=dest.dimse_timeout,
-            network_timeout=dest.network_timeout,
-            ssl_context=client_context(dest.tls) if dest.tls else None,
-        ) as assoc:
+        ssl_context = client_context(dest.tls) if dest.tls else None
+        verification = [(VERIFICATION, [IMPLICIT_LE])]
+        async with connect(cfg, dest, verification, ssl_context) as assoc:
             status = await assoc.c_echo()
         return status, time.perf_counter() - t0
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from pydicom import Dataset, dcmread
@@ -151,28 +151,23 @@ class Ingest(StoreHandler):
     def open_store(self, info: AssociationInfo, req: StoreRequest) -> GuardedSink:
         cfg = self._config()
         if self._free_bytes() < cfg.storage.min_free_bytes:
-            logs.event(
-                log,
-                logging.ERROR,
-                "store_refused",
-                assoc=info.id,
-                reason="storage_low",
-                sop_instance_uid=req.sop_instance_uid,
-            )
-            self._metrics.store_response(Status.OUT_OF_RESOURCES)
-            raise StoreRefused(Status.OUT_OF_RESOURCES)
+            self._refuse(info, req, "storage_low")
         if self._queue.is_full():
-            logs.event(
-                log,
-                logging.ERROR,
-                "store_refused",
-                assoc=info.id,
-                reason="queue_full",
-                sop_instance_uid=req.sop_instance_uid,
-            )
-            self._metrics.store_response(Status.OUT_OF_RESOURCES)
-            raise StoreRefused(Status.OUT_OF_RESOURCES)
+            self._refuse(info, req, "queue_full")
         return GuardedSink(self._queue.new_sink(req))
+
+    def _refuse(self, info: AssociationInfo, req: StoreRequest, reason: str) -> NoReturn:
+        """Answer A700 (out of resources) without storing: the data set is discarded."""
+        logs.event(
+            log,
+            logging.ERROR,
+            "store_refused",
+            assoc=info.id,
+            reason=reason,
+            sop_instance_uid=req.sop_instance_uid,
+        )
+        self._metrics.store_response(Status.OUT_OF_RESOURCES)
+        raise StoreRefused(Status.OUT_OF_RESOURCES)
 
     async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Any) -> int:
         assert isinstance(sink, GuardedSink)

@@ -15,6 +15,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import anyio
 from router import logs
 from router.config import Config, Destination
 from router.dicom import (
+    Association,
     AssociationRejected,
     ConnectError,
     DicomError,
@@ -44,6 +46,7 @@ from router.tls import client_context
 log = logging.getLogger("router.forward")
 
 VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
 MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1..255
 # How long a worker with nothing due sleeps before looking again, at most; new work
 # wakes it at once through the queue's event.
@@ -52,6 +55,28 @@ IDLE_RECHECK = 30.0
 # more instances before leasing again: ten or more per queue transaction instead of
 # one, for a few milliseconds of latency.
 LINGER = 0.02
+
+
+def connect(
+    cfg: Config,
+    dest: Destination,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    ssl_context: ssl.SSLContext | None,
+) -> AbstractAsyncContextManager[Association]:
+    """An association to ``dest`` with its configured AE titles, limits and timeouts."""
+    return associate(
+        dest.host,
+        dest.port,
+        calling_ae=dest.calling_ae_title or cfg.ae_title,
+        called_ae=dest.ae_title,
+        contexts=contexts,
+        max_pdu_length=dest.max_pdu_length,
+        connect_timeout=dest.connect_timeout,
+        acse_timeout=dest.acse_timeout,
+        dimse_timeout=dest.dimse_timeout,
+        network_timeout=dest.network_timeout,
+        ssl_context=ssl_context,
+    )
 
 
 def transport_failure(exc: BaseException) -> TransportFailure:
@@ -210,19 +235,7 @@ class Forwarder:
 
     async def _probe(self, cfg: Config, dest: Destination, rt: DestinationRuntime) -> None:
         try:
-            async with associate(
-                dest.host,
-                dest.port,
-                calling_ae=dest.calling_ae_title or cfg.ae_title,
-                called_ae=dest.ae_title,
-                contexts=[(VERIFICATION, ["1.2.840.10008.1.2"])],
-                max_pdu_length=dest.max_pdu_length,
-                connect_timeout=dest.connect_timeout,
-                acse_timeout=dest.acse_timeout,
-                dimse_timeout=dest.dimse_timeout,
-                network_timeout=dest.network_timeout,
-                ssl_context=rt.ssl_context,
-            ) as assoc:
+            async with connect(cfg, dest, [(VERIFICATION, [IMPLICIT_LE])], rt.ssl_context) as assoc:
                 status = await assoc.c_echo()
         except (DicomError, OSError) as e:
             logs.event(log, logging.WARNING, "probe_failed", destination=rt.name, error=str(e))
@@ -244,19 +257,7 @@ class Forwarder:
         current: Lease | None = None
         delivered: list[tuple[int, int]] = []
         try:
-            async with associate(
-                dest.host,
-                dest.port,
-                calling_ae=dest.calling_ae_title or cfg.ae_title,
-                called_ae=dest.ae_title,
-                contexts=contexts,
-                max_pdu_length=dest.max_pdu_length,
-                connect_timeout=dest.connect_timeout,
-                acse_timeout=dest.acse_timeout,
-                dimse_timeout=dest.dimse_timeout,
-                network_timeout=dest.network_timeout,
-                ssl_context=rt.ssl_context,
-            ) as assoc:
+            async with connect(cfg, dest, contexts, rt.ssl_context) as assoc:
                 self._metrics.association_opened("out")
                 try:
                     if rt.breaker.consecutive_failures:
