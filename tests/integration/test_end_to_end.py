@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_destination_outage_holds_then_delivers(tmp_path: Path) -> None:
             assert _by_uid(got).keys() == _by_uid(src).keys()
         finally:
             pacs.stop()
+    # Within two backoff periods of the destination's return: each instance went out at
+    # most two attempts after its last failed one (the breaker spends no attempts
+    # while the destination is down).
+    failed: dict[str, int] = {}
+    delivered: dict[str, int] = {}
+    for line in router.log().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "retry_scheduled":
+            failed[event["instance"]] = max(failed.get(event["instance"], 0), event["attempt"])
+        elif event.get("event") == "forwarded":
+            delivered[event["instance"]] = event["attempt"]
+    assert len(delivered) == len(src)
+    for instance, attempt in delivered.items():
+        assert attempt <= failed.get(instance, 0) + 2, (instance, attempt, failed.get(instance))
 
 
 def test_rules_route_each_instance_to_exactly_its_destinations(tmp_path: Path) -> None:
