@@ -140,6 +140,12 @@ def negotiate(
     results: list[PresentationContext] = []
     for rq in proposed:
         abstract = str(rq.abstract_syntax or "")
+        if not rq.transfer_syntax:
+            # no transfer syntax sub-item (PS3.8 9.3.2.2 requires one or more):
+            # pynetdicom's negotiation would index into the empty list; reject the
+            # context, answering with a (not significant) transfer syntax
+            results.append(_rejected(rq, 0x04))
+            continue
         ours = PresentationContext()
         ours.abstract_syntax = abstract
         if abstract == VERIFICATION:
@@ -162,6 +168,15 @@ def negotiate(
 
 
 _TS_SET = frozenset(TRANSFER_SYNTAXES)
+
+
+def _rejected(rq: PresentationContext, result: int) -> PresentationContext:
+    cx = PresentationContext()
+    cx.context_id = rq.context_id
+    cx.abstract_syntax = rq.abstract_syntax
+    cx.transfer_syntax = ["1.2.840.10008.1.2"]
+    cx.result = result
+    return cx
 
 
 def requestor_contexts(
