@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= router.example.yaml
 export TCP_NODELAY := 1
 
-.PHONY: run test lint bench deps dcmtk clean
+.PHONY: run test lint bench fuzz soak deps dcmtk clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 deps: $(VENV)/.installed
 
 # Debian packages the suite talks to: DCMTK (reference DICOM peers: storescu, storescp,
-# echoscu), promtool (prometheus) and systemd-analyze (systemd) to check deploy/ files.
-SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd
+# echoscu; Debian builds them with TLS), promtool (prometheus) and systemd-analyze
+# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls).
+SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl
 dcmtk:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
@@ -41,6 +42,19 @@ lint: deps
 
 bench: deps dcmtk
 	$(PY) -m benchmarks.run
+
+# The fuzzers of tests/fuzz with many examples, in rounds, for FUZZ_SECONDS in all
+# (`make test` runs them once with the small smoke profile).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	HYPOTHESIS_PROFILE=fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  $(PY) -m pytest -q -s -p no:cacheprovider -o timeout=0 tests/fuzz
+
+# Soak (not in CI): SOAK_MINUTES of mixed senders, flapping destinations and kill -9 of
+# the router; prints sent/acknowledged/delivered/lost, RSS and descriptors over time.
+SOAK_MINUTES ?= 30
+soak: deps dcmtk
+	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) var bench-results .mypy_cache .ruff_cache .pytest_cache
