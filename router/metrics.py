@@ -127,15 +127,23 @@ REJECT_REASONS: tuple[str, ...] = (
     "other",
 )
 #: protocol_errors_total{kind}
-PROTOCOL_ERROR_KINDS: tuple[str, ...] = (
+PROTOCOL_ERROR_KINDS: tuple[str, ...] = (  # the kinds router.dicom reports
+    "unknown_pdu_type",
+    "pdu_too_large",
     "malformed_pdu",
     "unexpected_pdu",
-    "pdu_too_large",
-    "bad_pdv",
-    "bad_command",
-    "unknown_context",
-    "timeout",
-    "tls",
+    "malformed_pdv",
+    "unexpected_pdv",
+    "bad_context",
+    "bad_command_set",
+    "command_too_large",
+    "unsupported_command",
+    "acse_timeout",
+    "tls_timeout",
+    "tls_handshake",
+    "connection_flood",
+    "protocol",  # any other protocol violation
+    "internal",  # a bug of ours caught at the association's edge ("internal:<type>")
     "other",
 )
 
@@ -461,6 +469,7 @@ class Metrics:
         self.associations_rejected_total.labels(reason=_bounded(reason, REJECT_REASONS)).inc()
 
     def protocol_error(self, kind: str) -> None:
+        kind = kind.partition(":")[0]
         self.protocol_errors_total.labels(kind=_bounded(kind, PROTOCOL_ERROR_KINDS)).inc()
 
     def rule_matched(self, rule: str) -> None:
