@@ -363,7 +363,12 @@ class Acceptor:
                             refused = None
                             sink = None
                             if req.sop_class_uid != abstract:
-                                refused = StoreRefused(Status.DATASET_SOP_CLASS_MISMATCH)
+                                # a failure, not B007: B007 is a warning and means
+                                # "stored", and nothing is stored here
+                                refused = StoreRefused(
+                                    Status.DATASET_MISMATCH,
+                                    "SOP Class UID differs from the presentation context",
+                                )
                             else:
                                 try:
                                     sink = self.handler.open_store(info, req)
