@@ -54,7 +54,7 @@ from typing import IO, Any, BinaryIO
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -325,10 +325,17 @@ def _convert(ds: Dataset, read_ts: str, target_ts: str, out: IO[bytes], limit: i
     source_native = read_ts in NATIVE
     target_native = target_ts in NATIVE
     implicit, little = _encoder_of(target_ts)
-    px = ds.get("PixelData") if "PixelData" in ds else None
+    px = ds.get(PIXEL_DATA)  # by tag: the element (by keyword it would be the value)
     extra: list[str] = []
 
     _refuse_nested_encapsulated(ds, source_native)
+    if UID(read_ts).is_implicit_VR and not implicit:
+        # resolve 'OB or OW', 'US or SS'... now, while the values are still little endian
+        correct_ambiguous_vr(ds, True)
+        if px is not None and not px.is_undefined_length:
+            # explicit VR: OB for 8-bit pixels (as they would have been sent explicit)
+            bits = _int(ds, "BitsAllocated", 16) or 16
+            px.VR = "OB" if bits <= 8 else "OW"
     if not UID(read_ts).is_little_endian or not little:
         # native big endian in or out: OW/OF/OL/OD/OV values are words in the byte order
         _swap_words(ds)
