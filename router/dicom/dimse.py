@@ -132,7 +132,7 @@ def encode_command(**fields: int | str | None) -> bytes:
         elif vr == _UL:
             raw = _U32.pack(int(value))
         else:
-            raw = str(value).encode("ascii")
+            raw = str(value).encode("ascii", "replace")  # a hostile UID echoed back
             if len(raw) % 2:
                 raw += b"\0" if vr == _UI else b" "
         items.append((elem, raw))
