@@ -538,7 +538,6 @@ def _decode_to_native(ds: Dataset, fp: DicomFileLike, implicit: bool, little: bo
         fp.write(b"\x00")
     if len(tail):
         write_dataset(fp, tail)
-    ds.PixelData = b""  # the returned data set is not the one written: keep it small
 
 
 def _chain(
