@@ -71,10 +71,12 @@ def acceptor_config(cfg: Config, *, tls: bool = True) -> AcceptorConfig:
 class Router:
     """A router built from a config file; :meth:`run` serves until stopped."""
 
-    def __init__(self, config_path: Path, config: Config, *, shutdown_grace: float = 30.0):
+    def __init__(
+        self, config_path: Path, config: Config, *, shutdown_grace: float | None = None
+    ) -> None:
         self.config_path = config_path
         self.config = config
-        self.shutdown_grace = shutdown_grace
+        self._shutdown_grace = shutdown_grace  # None: the config's shutdown_grace
         storage = config.storage
         self.storage_dir = Path(storage.path)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
@@ -168,14 +170,24 @@ class Router:
         """Begin a graceful stop (what SIGTERM does)."""
         self.stopped.set()
 
+    @property
+    def shutdown_grace(self) -> float:
+        if self._shutdown_grace is not None:
+            return self._shutdown_grace
+        return self.config.shutdown_grace
+
     async def _graceful_stop(self) -> None:
-        logs.event(log, logging.INFO, "stopping", grace=self.shutdown_grace)
+        """One grace period for everything: associations in flight may go on until it
+        ends (then the rest are aborted, partial data sets discarded), workers finish
+        their current send within what is left of it."""
+        grace = self.shutdown_grace
+        deadline = anyio.current_time() + grace
+        logs.event(log, logging.INFO, "stopping", grace=grace)
         self.dicom_port = None
         self.acceptor.stop_accepting()
-        with anyio.move_on_after(self.shutdown_grace):
-            await self.acceptor.drain(self.shutdown_grace)
-        self.forwarder.stopping.set()
-        with anyio.move_on_after(self.shutdown_grace):
+        self.forwarder.stopping.set()  # no new batches; current sends go on
+        await self.acceptor.drain(grace)
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             if self._workers:
                 await self._workers_gone.wait()  # each finishes its current send first
 

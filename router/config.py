@@ -19,6 +19,7 @@ config file's directory, not to the working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import types
@@ -326,17 +327,51 @@ class Http(_Model):
     port: ListenPort = 9108
 
 
+def _network(value: object) -> str:
+    if not isinstance(value, str):
+        raise _custom("network", f"{value!r} is not an address or network: e.g. 10.0.0.5/32")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise _custom(
+            "network",
+            f"{value!r} is not an IP address or network: write e.g. 10.0.0.5, 10.0.0.0/24 or"
+            " fd00::/64",
+        ) from None
+
+
+Network = Annotated[str, BeforeValidator(_network)]
+
+
 class Accept(_Model):
     """Who may send to us."""
 
     calling_ae_titles: tuple[AETitle, ...] = ()  # empty: any calling AE
     check_called_ae: bool = True  # the called AE must be our ae_title
     accept_unknown_sop_classes: bool = True  # store any storage SOP class offered
+    # Per calling AE title, the networks it may connect from ("*": every AE title not
+    # listed). A calling AE from elsewhere is rejected like an unknown one (1,1,3).
+    hosts: dict[AETitle, tuple[Network, ...]] = Field(default_factory=dict)
 
     @property
     def calling_ae_set(self) -> frozenset[str] | None:
         """The allowed calling AE titles, or None for any (AcceptorConfig's form)."""
         return frozenset(self.calling_ae_titles) or None
+
+    def host_allowed(self, calling_ae: str, host: str) -> bool:
+        """Whether ``calling_ae`` may connect from ``host`` (an IP address)."""
+        nets = self.hosts.get(calling_ae.strip())
+        if nets is None:
+            nets = self.hosts.get("*")
+        if nets is None:
+            return True
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in ipaddress.ip_network(n) for n in nets)
 
 
 class Retry(_Model):
@@ -410,6 +445,9 @@ class Config(_Model):
     duplicates: Annotated[Literal["forward_each", "drop_identical"], BeforeValidator(_lower)] = (
         "forward_each"
     )
+    # SIGTERM/SIGINT: how long in-flight associations may go on before they are aborted
+    # (and workers may finish their current send); the process exits within about this.
+    shutdown_grace: Duration = 30.0
 
     @model_validator(mode="after")
     def _defaults_and_cross_checks(self) -> Config:
