@@ -13,7 +13,10 @@ failure status instead.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
+import re
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,16 +57,40 @@ class Header:
     study_uid: str | None
 
 
+#: While a data set is received, free space is checked again every this many bytes.
+FREE_SPACE_CHECK_EVERY = 64 * 1024 * 1024
+
+
+class StorageLow(OSError):
+    """Free space fell below ``storage.min_free_bytes`` while a data set came in."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOSPC, "storage below min_free_bytes")
+
+
 class GuardedSink:
-    """A sink that turns a failing write (disk full, I/O error) into a recorded error
-    instead of an exception in the network layer: the rest of the data set is
-    discarded and :meth:`Ingest.finish_store` answers with the right status."""
+    """A sink that turns a failing write (disk full, I/O error, free space below
+    ``min_free_bytes``) into a recorded error instead of an exception in the network
+    layer: the rest of the data set is discarded and :meth:`Ingest.finish_store`
+    answers with the right status. With ``digest``, a BLAKE2b of the data set bytes is
+    computed as they pass (for ``duplicates: drop_identical``)."""
 
-    __slots__ = ("error", "inner")
+    __slots__ = ("_check_at", "_free_bytes", "_min_free", "digest", "error", "inner")
 
-    def __init__(self, inner: SpooledSink) -> None:
+    def __init__(
+        self,
+        inner: SpooledSink,
+        free_bytes: Callable[[], int] | None = None,
+        min_free: int = 0,
+        *,
+        digest: bool = False,
+    ) -> None:
         self.inner = inner
         self.error: OSError | None = None
+        self.digest = hashlib.blake2b(digest_size=20) if digest else None
+        self._free_bytes = free_bytes
+        self._min_free = min_free
+        self._check_at = inner.size + FREE_SPACE_CHECK_EVERY
 
     def write(self, data: bytes | memoryview) -> None:
         if self.error is not None:
@@ -73,6 +100,14 @@ class GuardedSink:
         except OSError as e:
             self.error = e
             self.inner.abort()
+            return
+        if self.digest is not None:
+            self.digest.update(data)
+        if self.inner.size >= self._check_at and self._free_bytes is not None:
+            self._check_at = self.inner.size + FREE_SPACE_CHECK_EVERY
+            if self._free_bytes() < self._min_free:
+                self.error = StorageLow()
+                self.inner.abort()
 
     def abort(self) -> None:
         self.inner.abort()
@@ -144,17 +179,50 @@ class Ingest(StoreHandler):
         logs.event(log, logging.WARNING, "protocol_error", kind=kind)
 
     def check_association(self, info: AssociationInfo) -> Rejection | None:
+        accept = self._config().accept
+        if accept.hosts and not accept.host_allowed(info.calling_ae, info.peer_host):
+            logs.event(
+                log,
+                logging.WARNING,
+                "association_refused",
+                assoc=info.id,
+                reason="host_not_allowed",
+                calling_ae=info.calling_ae,
+                peer=info.peer_host,
+            )
+            return Rejection.calling_ae_not_recognized()
         return None
 
     # -- C-STORE
 
     def open_store(self, info: AssociationInfo, req: StoreRequest) -> GuardedSink:
         cfg = self._config()
+        for what, uid in (
+            ("SOP Instance UID", req.sop_instance_uid),
+            ("SOP Class UID", req.sop_class_uid),
+        ):
+            if not valid_uid(uid):
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    "store_rejected",
+                    assoc=info.id,
+                    reason="invalid_uid",
+                    element=what,
+                    value=repr(uid[:80]),
+                )
+                self._metrics.store_response(Status.CANNOT_UNDERSTAND)
+                raise StoreRefused(Status.CANNOT_UNDERSTAND, f"invalid {what}")
         if self._free_bytes() < cfg.storage.min_free_bytes:
             self._refuse(info, req, "storage_low")
         if self._queue.is_full():
             self._refuse(info, req, "queue_full")
-        return GuardedSink(self._queue.new_sink(req))
+        return GuardedSink(
+            self._queue.new_sink(req),
+            self._free_bytes,
+            cfg.storage.min_free_bytes,
+            digest=cfg.duplicates == "drop_identical",
+        )
 
     def _refuse(self, info: AssociationInfo, req: StoreRequest, reason: str) -> NoReturn:
         """Answer A700 (out of resources) without storing: the data set is discarded."""
@@ -189,6 +257,17 @@ class Ingest(StoreHandler):
             )
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
         cfg = self._config()
+        if self._free_bytes() < cfg.storage.min_free_bytes:  # it fell during receipt
+            sink.abort()
+            logs.event(
+                log,
+                logging.ERROR,
+                "store_refused",
+                assoc=info.id,
+                reason="storage_low",
+                sop_instance_uid=req.sop_instance_uid,
+            )
+            return Status.OUT_OF_RESOURCES
         try:
             if sink.size > _THREAD_HEADER_ABOVE:
                 ds = await anyio.to_thread.run_sync(read_header, sink, req.transfer_syntax)
@@ -219,6 +298,20 @@ class Ingest(StoreHandler):
                 reason="sop_instance_uid_mismatch",
             )
             return Status.DATASET_MISMATCH
+        ds_class = _text(ds.get("SOPClassUID"))
+        if ds_class != req.sop_class_uid:
+            sink.abort()
+            logs.event(
+                log,
+                logging.WARNING,
+                "store_rejected",
+                assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid,
+                sop_class_uid=req.sop_class_uid,
+                dataset_sop_class_uid=ds_class,
+                reason="sop_class_uid_mismatch",
+            )
+            return Status.DATASET_MISMATCH
         route = cfg.rules.route(ds, info.calling_ae, info.called_ae)
         record = InstanceRecord(
             sop_class_uid=req.sop_class_uid,
@@ -228,9 +321,10 @@ class Ingest(StoreHandler):
             calling_ae=info.calling_ae,
             called_ae=info.called_ae,
             received_at=time.time(),
+            digest=guarded.digest.hexdigest() if guarded.digest is not None else None,
         )
         try:
-            ident = await self._queue.commit_instance(record, sink, route.destinations)
+            result = await self._queue.commit(record, sink, route.destinations)
         except QueueClosed:
             sink.abort()
             return Status.OUT_OF_RESOURCES
@@ -247,20 +341,31 @@ class Ingest(StoreHandler):
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
         self._metrics.instance_received(sink.size - sink.data_offset)
-        for m in route.matches:
-            self._metrics.rule_matched(m.name)
-        if not route.destinations:
-            self._metrics.unrouted_instances_total.inc()
-        logs.event(
-            log,
-            logging.INFO,
-            "stored",
-            assoc=info.id,
-            instance=ident,
-            sop_instance_uid=req.sop_instance_uid,
-            size=sink.size - sink.data_offset,
-            destinations=",".join(route.destinations) or "-",
-        )
+        if result.dropped:
+            logs.event(
+                log,
+                logging.INFO,
+                "duplicate_dropped",
+                assoc=info.id,
+                instance=result.id,
+                sop_instance_uid=req.sop_instance_uid,
+                destinations=",".join(result.dropped),
+            )
+        if result.stored:
+            for m in route.matches:
+                self._metrics.rule_matched(m.name)
+            if not route.destinations:
+                self._metrics.unrouted_instances_total.inc()
+            logs.event(
+                log,
+                logging.INFO,
+                "stored",
+                assoc=info.id,
+                instance=result.id,
+                sop_instance_uid=req.sop_instance_uid,
+                size=sink.size - sink.data_offset,
+                destinations=",".join(result.queued) or "-",
+            )
         return Status.SUCCESS
 
 
@@ -279,11 +384,14 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 def read_header(sink: SpooledSink, transfer_syntax: str) -> Dataset:
     """The data set without pixel data. The sink's file meta is our own, so reading
-    starts at the data set with the negotiated encoding (twice as fast as dcmread)."""
+    starts at the data set with the negotiated encoding (twice as fast as dcmread).
+    Raises when the data set is truncated or its element structure is broken (pydicom
+    alone silently returns what it could read of a truncated one)."""
     with sink.open_for_header() as fp:
         if transfer_syntax in _DEFLATED:
             return dcmread(fp, stop_before_pixels=True)
         implicit, little = _ENCODINGS.get(transfer_syntax, (False, True))
+        check_structure(fp, sink.data_offset, sink.size, implicit=implicit, little=little)
         fp.seek(sink.data_offset)
         ds = read_dataset(
             fp, is_implicit_VR=implicit, is_little_endian=little, stop_when=_stop_at_pixels
@@ -291,3 +399,81 @@ def read_header(sink: SpooledSink, transfer_syntax: str) -> Dataset:
         if not ds:
             raise InvalidDicomError("empty data set")
         return ds
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def valid_uid(uid: str) -> bool:
+    """A UID as PS3.5 9.1 allows it: digits and dots, at most 64 characters (leading
+    zeros in a component are tolerated: senders get them wrong and they are harmless)."""
+    return 0 < len(uid) <= 64 and _UID.fullmatch(uid) is not None
+
+
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+
+
+class BrokenDataSet(InvalidDicomError):
+    """A data set whose element structure does not add up to its length."""
+
+
+def check_structure(fp: Any, start: int, end: int, *, implicit: bool, little: bool) -> None:
+    """Walk the element headers from ``start`` to ``end`` (seeking over values, so a
+    2 GB pixel data element costs one seek) and raise :class:`BrokenDataSet` when an
+    element runs past the end (truncated), a header is cut, or undefined-length
+    sequences and items do not close. Contents of undefined-length UN elements are
+    implicit VR (PS3.5 6.2.2)."""
+    e = "<" if little else ">"
+    tag_len = struct.Struct(e + "HHL")
+    short = struct.Struct(e + "HH2sH")
+    long_len = struct.Struct(e + "L")
+    stack: list[bool] = []  # open undefined-length elements and items: implicit inside?
+    pos = start
+    while pos < end:
+        if end - pos < 8:
+            raise BrokenDataSet(f"{end - pos} bytes left where an element header starts")
+        fp.seek(pos)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise BrokenDataSet("data set shorter than received")
+        group, elem, length = tag_len.unpack(head)
+        pos += 8
+        if group == 0xFFFE:  # item / item delimiter / sequence delimiter
+            if elem == 0xE000:
+                if length == _UNDEFINED:
+                    stack.append(stack[-1] if stack else implicit)
+                elif length > end - pos:
+                    raise BrokenDataSet("item runs past the end of the data set")
+                else:
+                    pos += length
+            elif elem in (0xE00D, 0xE0DD):
+                if not stack:
+                    raise BrokenDataSet("delimiter without an open sequence or item")
+                stack.pop()
+            else:
+                raise BrokenDataSet(f"unknown item tag (fffe,{elem:04x})")
+            continue
+        here_implicit = stack[-1] if stack else implicit
+        vr = b"UN"
+        if not here_implicit:
+            _g, _e, vr, length = short.unpack(head)
+            if vr in _LONG_VRS:
+                more = fp.read(4)
+                if len(more) < 4 or end - pos < 4:
+                    raise BrokenDataSet("element header cut short")
+                (length,) = long_len.unpack(more)
+                pos += 4
+        if length == _UNDEFINED:
+            stack.append(here_implicit or vr == b"UN")
+            continue
+        if length > end - pos:
+            raise BrokenDataSet(
+                f"element ({group:04x},{elem:04x}) of {length} bytes runs past the end"
+                f" of the data set ({end - pos} left): truncated"
+            )
+        pos += length
+    if stack:
+        raise BrokenDataSet("data set ends inside a sequence")

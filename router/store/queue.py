@@ -22,7 +22,8 @@ Schema (``queue.db``)::
              data BLOB,                    -- inline Part-10 bytes; NULL when spooled
              spooled INTEGER,              -- 1: the bytes are in spool/<xx>/<id>.dcm
              unrouted INTEGER,             -- 1: no rule routed it (kept, counted, listed)
-             done_at REAL)                 -- every delivery delivered (retention clock)
+             done_at REAL,                 -- every delivery delivered (retention clock)
+             digest TEXT)                  -- BLAKE2b of the data set (drop_identical only)
     delivery(id INTEGER PRIMARY KEY, instance_id TEXT REFERENCES instance(id),
              destination TEXT, state TEXT,  -- pending | leased | delivered | failed
              attempts INTEGER,              -- attempts started (counted at lease time)
@@ -65,6 +66,7 @@ from router.store.spool import Spool, SpooledSink, StoreRequestLike, fsync_dir
 __all__ = [
     "DB_NAME",
     "STATES",
+    "CommitResult",
     "Entry",
     "Filter",
     "InstanceRecord",
@@ -118,6 +120,23 @@ class InstanceRecord:
     calling_ae: str = ""
     called_ae: str = ""
     received_at: float | None = None  # None: the commit time
+    # BLAKE2b of the data set bytes; given, an identical instance still queued for a
+    # destination is not queued for it again (``duplicates: drop_identical``).
+    digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What :meth:`Queue.commit` did. ``stored``: a new instance row (with its data) was
+    committed, with a delivery for each of ``queued``; ``dropped``: destinations for
+    which an identical instance (same SOP class, instance UID, transfer syntax and data
+    set digest) was still pending or leased, so it was not queued again. When every
+    destination was dropped nothing new is stored and ``id`` is the existing instance."""
+
+    id: str
+    stored: bool
+    queued: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +280,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(_SCHEMA)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(instance)")}
+    if "digest" not in columns:  # a database from before drop_identical
+        conn.execute("ALTER TABLE instance ADD COLUMN digest TEXT")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS instance_digest ON instance(sop_instance_uid, digest)"
+        " WHERE digest IS NOT NULL"
+    )
     return conn
 
 
@@ -352,6 +378,29 @@ class _Core:
 
     # -- commit
 
+    def identical_queued(self, record: InstanceRecord, dests: Sequence[str]) -> dict[str, str]:
+        """Destination -> id of an identical instance with a delivery still pending or
+        leased to it (or, for no destinations, "" -> an identical unrouted instance)."""
+        same = (
+            "i.sop_instance_uid = ? AND i.digest = ? AND i.sop_class_uid = ?"
+            " AND i.transfer_syntax = ?"
+        )
+        key = (record.sop_instance_uid, record.digest, record.sop_class_uid, record.transfer_syntax)
+        if not dests:
+            row = self.conn.execute(
+                f"SELECT i.id FROM instance i WHERE {same} AND i.unrouted = 1 LIMIT 1", key
+            ).fetchone()
+            return {"": row[0]} if row else {}
+        found: dict[str, str] = {}
+        for dest, inst in self.conn.execute(
+            "SELECT d.destination, i.id FROM instance i JOIN delivery d ON d.instance_id = i.id"
+            f" WHERE {same} AND d.state IN ('pending', 'leased')",
+            key,
+        ):
+            if dest in dests:
+                found.setdefault(dest, inst)
+        return found
+
     def insert_instance(
         self,
         ident: str,
@@ -359,15 +408,23 @@ class _Core:
         sink: SpooledSink,
         destinations: Sequence[str],
         d: _Delta,
-    ) -> None:
+    ) -> CommitResult:
         now = self.clock()
         received = record.received_at if record.received_at is not None else now
         spooled = sink.spilled
         dests = list(dict.fromkeys(destinations))
+        dropped: list[str] = []
+        if record.digest is not None:
+            same = self.identical_queued(record, dests)
+            if same and (not dests or len(same) == len(dests)):
+                d.remove.append((ident, spooled))  # the identical one's data is durable
+                return CommitResult(next(iter(same.values())), False, (), tuple(dests))
+            dropped = [dest for dest in dests if dest in same]
+            dests = [dest for dest in dests if dest not in same]
         self.conn.execute(
             "INSERT INTO instance (id, received_at, sop_class_uid, sop_instance_uid,"
             " transfer_syntax, study_uid, calling_ae, called_ae, size, data_offset, data,"
-            " spooled, unrouted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " spooled, unrouted, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 ident,
                 received,
@@ -382,6 +439,7 @@ class _Core:
                 None if spooled else sink.inline_view,
                 int(spooled),
                 int(not dests),
+                record.digest,
             ),
         )
         if dests:
@@ -396,6 +454,7 @@ class _Core:
             d.unrouted += 1
         d.active += 1
         d.commits += 1
+        return CommitResult(ident, True, tuple(dests), tuple(dropped))
 
     # -- leasing and outcomes
 
@@ -762,10 +821,10 @@ class _Job(Generic[T]):
         self.error: BaseException | None = None
 
 
-class _CommitJob(_Job[None]):
+class _CommitJob(_Job[CommitResult]):
     __slots__ = ("sink",)
 
-    def __init__(self, fn: Callable[[_Core, _Delta], None], sink: SpooledSink) -> None:
+    def __init__(self, fn: Callable[[_Core, _Delta], CommitResult], sink: SpooledSink) -> None:
         super().__init__(fn, durable=True)
         self.sink = sink
 
@@ -1029,6 +1088,13 @@ class Queue:
         within one batch). Raises QueueClosed when the queue is not running, or the
         error of the transaction; in both cases nothing of the instance remains.
         """
+        return (await self.commit(record, sink, destinations)).id
+
+    async def commit(
+        self, record: InstanceRecord, sink: SpooledSink, destinations: Sequence[str]
+    ) -> CommitResult:
+        """:meth:`commit_instance`, telling what was queued and what was dropped as an
+        identical duplicate (only when ``record.digest`` is given)."""
         if not self._running:
             raise QueueClosed("the queue is not running")
         if sink.aborted:
@@ -1062,7 +1128,8 @@ class Queue:
             self._committing -= 1
         if job.error is not None:
             raise job.error
-        return ident
+        assert job.result is not None
+        return job.result
 
     # -- forward side
 
