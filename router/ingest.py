@@ -460,6 +460,8 @@ def check_structure(fp: Any, start: int, end: int, *, implicit: bool, little: bo
         vr = b"UN"
         if not here_implicit:
             _g, _e, vr, length = short.unpack(head)
+            if not (vr.isalpha() and vr.isupper()):
+                raise BrokenDataSet(f"element ({group:04x},{elem:04x}) has no VR: {vr!r}")
             if vr in _LONG_VRS:
                 more = fp.read(4)
                 if len(more) < 4 or end - pos < 4:
