@@ -199,8 +199,9 @@ def test_mutated_associations_never_take_the_server_down(server: Server) -> None
     @ASSOCIATIONS
     @given(association_stream())
     def one(chunks: list[bytes]) -> None:
-        _exchange(server.port, chunks)
-        assert not [e for e in server.handler.errors if e.startswith("internal")]
+        before = len(server.handler.errors)
+        _exchange(server.port, chunks)  # returns once the server has closed: all recorded
+        assert not [e for e in server.handler.errors[before:] if e.startswith("internal")]
 
     one()
     poll(server.quiet, 10, "every fuzzed association to end")
@@ -233,13 +234,19 @@ def echo_and_store(server: Server) -> None:
 def test_regression_stream_examples(server: Server) -> None:
     """Streams once found interesting by the fuzzer, replayed every run."""
     rq = pdu.encode_associate_rq("FUZZ", "ROUTER", requestor_contexts(CONTEXTS), MAX_PDU)
+    # a C-STORE-RQ whose UIDs are not ASCII: echoing them in the C-STORE-RSP raised
+    # UnicodeEncodeError in the association's task (found by `make fuzz`; fixed in
+    # dimse.encode_command, 83afd77)
+    hostile = dimse.store_rq(7, S.CT, "1.2.3.XX").replace(b"1.2.3.XX", b"1.2.\xff\xe9\xc3\xa9")
     streams = [
+        [rq, _pdata(3, hostile, pdu.COMMAND, True) + _pdata(3, b"\0" * 10, 0, True)],
         [rq + b"\x04\x00\x00\x00\x00\x00"],  # empty P-DATA-TF
         [rq + pdu.RELEASE_RQ + pdu.RELEASE_RQ],  # release twice
         [rq, _pdata(1, dimse.echo_rq(1), pdu.COMMAND, False) + pdu.RELEASE_RQ],
     ]
+    before = len(server.handler.errors)
     for chunks in streams:
         _exchange(server.port, chunks)
     poll(server.quiet, 10, "the associations to end")
-    assert not [e for e in server.handler.errors if e.startswith("internal")]
+    assert not [e for e in server.handler.errors[before:] if e.startswith("internal")]
     echo_and_store(server)

@@ -273,3 +273,15 @@ def test_context_without_transfer_syntax_is_rejected_not_crashed() -> None:
     assert [(cx.context_id, cx.result) for cx in results] == [(1, 4), (3, 0)]
     ac = pdu.decode_associate_ac(pdu.encode_associate_ac(rq, results, 16384))
     assert [(cx.context_id, cx.result) for cx in ac.contexts] == [(1, 4), (3, 0)]
+
+
+def test_non_ascii_uids_are_answered_not_crashed() -> None:
+    """Regression (make fuzz): the UIDs of a C-STORE-RQ are echoed in the response;
+    non-ASCII bytes in them made encode_command raise UnicodeEncodeError."""
+    raw = dimse.store_rq(7, S.CT, "1.2.3.XX").replace(b"1.2.3.XX", b"1.2.\xff\xe9\xc3\xa9")
+    req = dimse.store_request(dimse.decode_command(raw), S.EXPLICIT)
+    rsp = dimse.decode_command(
+        dimse.store_rsp(req.message_id, req.sop_class_uid, req.sop_instance_uid, 0xC000)
+    )
+    assert rsp.get("Status") == 0xC000
+    assert rsp.get("AffectedSOPInstanceUID").startswith("1.2.")
