@@ -238,6 +238,30 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+def _transfer_syntax(value: object) -> str:
+    """A lossless target syntax by UID, keyword (ExplicitVRLittleEndian) or name."""
+    from pydicom._uid_dict import UID_dictionary
+
+    from router.syntaxes import TARGET_ORDER
+
+    if not isinstance(value, str) or not value.strip():
+        raise _custom("transfer_syntax", f"{value!r} is not a transfer syntax")
+    text = value.strip()
+    uid = text
+    if text not in UID_dictionary:
+        for key, entry in UID_dictionary.items():
+            if text in (entry[4], entry[0]):
+                uid = key
+                break
+    if uid not in TARGET_ORDER:
+        choices = ", ".join(UID_dictionary[t][4] or t for t in TARGET_ORDER)
+        raise _custom(
+            "transfer_syntax",
+            f"{text!r} is not a lossless transfer syntax the router can write: one of {choices}",
+        )
+    return uid
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 Port = Annotated[int, BeforeValidator(_port_checker(1))]
@@ -245,6 +269,7 @@ ListenPort = Annotated[int, BeforeValidator(_port_checker(0))]  # 0: any free po
 AETitle = Annotated[str, BeforeValidator(_ae_title)]
 Host = Annotated[str, BeforeValidator(_host)]
 DestinationName = Annotated[str, BeforeValidator(_dest_name)]
+TransferSyntax = Annotated[str, BeforeValidator(_transfer_syntax)]
 RelPath = Annotated[Path, AfterValidator(_rel_path)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
@@ -419,6 +444,18 @@ class Destination(_Model):
     retry: Retry = Retry()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     tls: ClientTLS | None = None
+    # Convert to this lossless syntax whenever the destination accepts it (else the
+    # original is sent when accepted, else the first lossless syntax it accepts).
+    transcode_to: TransferSyntax | None = None
+
+
+class Transcode(_Model):
+    """Converting instances for destinations that do not accept the received syntax."""
+
+    # An instance whose decoded pixel data would exceed this is not converted (dead
+    # letter with the reason): bounds the memory a conversion may take.
+    max_decoded_bytes: Size = Field(default=512 * MiB, ge=1 * MiB)
+    max_concurrent: int = Field(default=1, ge=1, le=16)  # conversions at once (CPU-heavy)
 
 
 class Logging(_Model):
@@ -439,6 +476,7 @@ class Config(_Model):
     destinations: dict[DestinationName, Destination] = Field(default_factory=dict)
     rules: RuleEngine = Field(default_factory=RuleEngine, exclude=True)
     logging: Logging = Logging()
+    transcode: Transcode = Transcode()
     # forward_each: every received instance is forwarded, even a repeat of one already
     # queued; drop_identical: a byte-identical repeat (same SOP Instance UID, same bytes)
     # still queued for a destination is acknowledged but not queued again.

@@ -47,6 +47,10 @@ Contract metrics (design.md)
 
 Extra operational metrics
 
+``transcoded_instances_total{destination,result}``
+    instances converted to another transfer syntax because the destination did not
+    accept theirs (invariant 4: converted, and said so); ``result`` is ``ok`` or
+    ``failed`` (a failed one is a dead letter with the reason).
 ``associations_total{direction,how}``
     associations that ended, ``how`` one of :data:`ASSOCIATION_ENDINGS` (released,
     aborted, timeout, error). A rising ``aborted`` or ``timeout`` rate points at senders
@@ -326,6 +330,13 @@ class Metrics:
             ("destination", "outcome"),
             registry=r,
         )
+        self.transcoded_instances_total = Counter(
+            p + "transcoded_instances_total",
+            "Instances converted to another transfer syntax for a destination that did not "
+            "accept theirs; result ok or failed (failed ones are dead letters).",
+            ("destination", "result"),
+            registry=r,
+        )
         self.forward_retries_total = Counter(
             p + "forward_retries_total",
             "Retries scheduled per destination.",
@@ -449,6 +460,10 @@ class Metrics:
         self.delivery_latency_seconds.labels(destination=destination).observe(
             max(0.0, latency_seconds)
         )
+
+    def transcoded(self, destination: str, *, ok: bool) -> None:
+        result = "ok" if ok else "failed"
+        self.transcoded_instances_total.labels(destination=destination, result=result).inc()
 
     def retry_scheduled(self, destination: str) -> None:
         self.forwarded(destination, "retry")

@@ -10,6 +10,7 @@ follow the pure policies in :mod:`router.forward.outcome` and
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import ssl
@@ -17,11 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 
-from router import logs
+from router import logs, syntaxes
 from router.config import Config, Destination
 from router.dicom import (
     Association,
@@ -42,6 +42,7 @@ from router.forward.outcome import (
 from router.metrics import Metrics
 from router.store.queue import Lease, Queue, QueueClosed
 from router.tls import client_context
+from router.transcode import Transcoded, TranscodeError, transcode
 
 log = logging.getLogger("router.forward")
 
@@ -142,6 +143,7 @@ class Forwarder:
         self._clock = clock
         self._runtimes: dict[str, DestinationRuntime] = {}
         self.stopping = anyio.Event()
+        self._transcode_limiter: anyio.CapacityLimiter | None = None
 
     def runtime(self, name: str) -> DestinationRuntime:
         dest = self._config().destinations[name]
@@ -250,7 +252,7 @@ class Forwarder:
     async def _send(
         self, cfg: Config, dest: Destination, rt: DestinationRuntime, leases: list[Lease]
     ) -> None:
-        contexts = _contexts(leases)
+        contexts = _contexts(leases, dest)
         fitting = {(sop, ts) for sop, tss in contexts for ts in tss}
         unsent = list(leases)
         last_lease = len(leases)
@@ -268,29 +270,41 @@ class Forwarder:
                         lease = unsent[0]
                         if (lease.sop_class_uid, lease.transfer_syntax) not in fitting:
                             break  # a later batch needs other contexts: new association
-                        if lease.transfer_syntax not in assoc.accepted_transfer_syntaxes(
-                            lease.sop_class_uid
-                        ):
+                        accepted = assoc.accepted_transfer_syntaxes(lease.sop_class_uid)
+                        target = syntaxes.plan(
+                            lease.transfer_syntax, accepted, transcode_to=dest.transcode_to
+                        )
+                        if target is None:
                             unsent.pop(0)
+                            reason = syntaxes.refusal(lease.transfer_syntax, accepted)
                             await self._dead_letter(
-                                rt.name,
-                                lease,
-                                None,
-                                f"{dest.ae_title} accepts neither SOP class "
-                                f"{lease.sop_class_uid} in transfer syntax "
-                                f"{lease.transfer_syntax}",
+                                rt.name, lease, None, f"{dest.ae_title}: {reason}"
                             )
                             continue
                         current = unsent.pop(0)
-                        source: bytes | Path = current.source
-                        resp = await assoc.c_store(
-                            current.sop_class_uid,
-                            current.sop_instance_uid,
-                            current.transfer_syntax,
-                            source,
-                            offset=current.data_offset,
-                            length=current.length,
-                        )
+                        if target == current.transfer_syntax:
+                            resp = await assoc.c_store(
+                                current.sop_class_uid,
+                                current.sop_instance_uid,
+                                current.transfer_syntax,
+                                current.source,
+                                offset=current.data_offset,
+                                length=current.length,
+                            )
+                        else:
+                            converted = await self._transcode(cfg, rt.name, current, target)
+                            if converted is None:  # dead-lettered with the reason
+                                current = None
+                                continue
+                            try:
+                                resp = await assoc.c_store(
+                                    current.sop_class_uid,
+                                    current.sop_instance_uid,
+                                    converted.transfer_syntax,
+                                    converted.path,
+                                )
+                            finally:
+                                converted.discard()
                         done, current = current, None
                         await self._record_status(
                             rt.name, done, resp.status, resp.error_comment, delivered
@@ -354,6 +368,52 @@ class Forwarder:
                         await self._queue.release([current.delivery_id])
                 except QueueClosed:
                     pass  # stopping: leases return to pending at the next start
+
+    async def _transcode(
+        self, cfg: Config, name: str, lease: Lease, target: str
+    ) -> Transcoded | None:
+        """The instance converted to ``target`` in a temp file, off the event loop and
+        bounded in concurrency and memory; None when it cannot be converted (then it
+        is a dead letter with the reason: never dropped)."""
+        if self._transcode_limiter is None:
+            self._transcode_limiter = anyio.CapacityLimiter(cfg.transcode.max_concurrent)
+        self._transcode_limiter.total_tokens = cfg.transcode.max_concurrent
+        try:
+            out = await anyio.to_thread.run_sync(
+                functools.partial(
+                    transcode,
+                    lease.source,
+                    lease.transfer_syntax,
+                    target,
+                    data_offset=lease.data_offset,
+                    tmp_dir=self._queue.spool.tmp_dir,
+                    max_decoded_bytes=cfg.transcode.max_decoded_bytes,
+                ),
+                limiter=self._transcode_limiter,
+            )
+        except TranscodeError as e:
+            self._metrics.transcoded(name, ok=False)
+            await self._dead_letter(
+                name,
+                lease,
+                None,
+                f"cannot convert {syntaxes.name(lease.transfer_syntax)} to "
+                f"{syntaxes.name(target)}: {e.reason}",
+            )
+            return None
+        self._metrics.transcoded(name, ok=True)
+        logs.event(
+            log,
+            logging.INFO,
+            "transcoded",
+            destination=name,
+            instance=lease.instance_id,
+            sop_instance_uid=lease.sop_instance_uid,
+            source=syntaxes.name(lease.transfer_syntax),
+            target=syntaxes.name(out.transfer_syntax),
+            changes="; ".join(out.changes) or "-",
+        )
+        return out
 
     async def _flush(self, delivered: list[tuple[int, int]]) -> None:
         if not delivered:
@@ -446,12 +506,18 @@ class Forwarder:
         )
 
 
-def _contexts(leases: Sequence[Lease]) -> list[tuple[str, list[str]]]:
-    """One presentation context per (SOP class, transfer syntax) the batch needs, so the
-    destination's choice can never force a conversion; bounded by PS3.8's 128."""
+def _contexts(leases: Sequence[Lease], dest: Destination) -> list[tuple[str, list[str]]]:
+    """For each (SOP class, received syntax) of the batch, one presentation context per
+    syntax we could send it in (the original first, then the lossless fallbacks), so the
+    destination's choice never forces a conversion it did not need; bounded by PS3.8's
+    128 (leases beyond wait for the next association)."""
     seen: dict[tuple[str, str], None] = {}
     for lease in leases:
         seen.setdefault((lease.sop_class_uid, lease.transfer_syntax), None)
-        if len(seen) >= MAX_CONTEXTS:
+    out: list[tuple[str, list[str]]] = []
+    for sop, ts in seen:
+        more = syntaxes.contexts(sop, ts, transcode_to=dest.transcode_to)
+        if len(out) + len(more) > MAX_CONTEXTS:
             break
-    return [(sop, [ts]) for sop, ts in seen]
+        out = syntaxes.merge_contexts([out, more])
+    return out

@@ -88,7 +88,9 @@ def start_storescp(
     ae_title: str = "DEST",
     port: int | None = None,
     extra: Sequence[str] = (),
+    accept_all: bool = True,
 ) -> StoreSCP:
+    """``accept_all`` False: storescp's default, uncompressed transfer syntaxes only."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     proc = subprocess.Popen(
@@ -99,7 +101,7 @@ def start_storescp(
             "--output-directory",
             str(directory),
             "--bit-preserving",
-            "--accept-all",
+            *(["--accept-all"] if accept_all else []),
             *extra,
             str(port),
         ],

@@ -1,0 +1,97 @@
+"""Invariant 4 end to end: bytes go out as received when the destination accepts their
+syntax; otherwise the router converts them losslessly, keeps the SOP Instance UID, and
+says so (log line, metric)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom.data
+import pytest
+from pydicom import dcmread
+
+from tests.integration.peers import (
+    dataset_bytes,
+    running,
+    start_storescp,
+    storescu,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+
+# compressed test files of pydicom and the storescu option proposing their syntax
+CASES = {
+    "MR_small_RLE.dcm": "-xr",
+    "SC_rgb_rle.dcm": "-xr",
+    "JPEG2000.dcm": "-xw",
+    "SC_rgb_jpeg_dcmtk.dcm": "-xy",
+    "MR_small_jpeg_ls_lossless.dcm": "-xt",
+}
+NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def test_converted_for_an_uncompressed_only_destination_original_for_the_other(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {n: Path(shutil.copy(pydicom.data.get_testdata_file(n), src / n)) for n in CASES}
+    plain = start_storescp(tmp_path / "plain", "PLAIN", accept_all=False)
+    full = start_storescp(tmp_path / "full", "FULL")
+    # storescu re-encodes what it reads: the reference for "the same bytes" is what the
+    # same storescu delivers straight to a storescp
+    direct = start_storescp(tmp_path / "direct", "ROUTER")
+    try:
+        for name, option in CASES.items():
+            assert storescu(direct.port, [files[name]], extra=[option]).returncode == 0
+        router = write_config(
+            tmp_path,
+            {
+                "plain": {"ae_title": "PLAIN", "host": "127.0.0.1", "port": plain.port},
+                "full": {"ae_title": "FULL", "host": "127.0.0.1", "port": full.port},
+            },
+        )
+        with running(router):
+            for name, option in CASES.items():
+                res = storescu(router.port, [files[name]], extra=[option])
+                assert res.returncode == 0, (name, res.stderr)
+            # two of the files share a SOP Instance UID: storescp keeps the last one
+            distinct = len(
+                {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files.values()}
+            )
+            plain.wait_files(distinct)
+            full.wait_files(distinct)
+            wait_for(
+                lambda: (
+                    router.metric(
+                        "dicom_router_transcoded_instances_total", destination="plain", result="ok"
+                    )
+                    == len(CASES)
+                ),
+                30,
+                "conversions counted",
+            )
+            assert router.metric("dicom_router_transcoded_instances_total", destination="full") == 0
+        by_uid = {str(dcmread(p).SOPInstanceUID): p for p in files.values()}
+        for got in plain.files():
+            ds = dcmread(got)
+            source = dcmread(by_uid[str(ds.SOPInstanceUID)])
+            assert str(ds.file_meta.TransferSyntaxUID) in NATIVE, got.name
+            assert np.array_equal(ds.pixel_array, source.pixel_array), got.name
+        # accepted as received: the very same bytes as without the router
+        assert [p.name for p in full.files()] == [p.name for p in direct.files()]
+        for got, reference in zip(full.files(), direct.files(), strict=True):
+            assert dataset_bytes(got) == dataset_bytes(reference), got.name
+        events = [json.loads(line) for line in router.log().splitlines()]
+        said = [e for e in events if e.get("event") == "transcoded"]
+        assert len(said) == len(CASES)
+        assert {e["destination"] for e in said} == {"plain"}
+    finally:
+        plain.stop()
+        full.stop()
+        direct.stop()
