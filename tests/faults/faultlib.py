@@ -252,7 +252,8 @@ def make_router(
 ) -> RouterProcess:
     """A router config with one destination per (name -> port) and quick timeouts."""
     dests = destinations if destinations is not None else {}
-    return write_config(tmp_path, dests, **overrides)
+    rules = overrides.pop("rules", None)
+    return write_config(tmp_path, dests, rules, **overrides)
 
 
 def dest(ae: str, port: int, **kw: Any) -> dict[str, Any]:
