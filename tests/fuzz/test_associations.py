@@ -36,7 +36,7 @@ from router.dicom import (
 )
 from router.dicom.association import requestor_contexts
 from tests.fuzz import strategies as S
-from tests.fuzz.profiles import ASSOCIATIONS
+from tests.fuzz.profiles import ASSOCIATIONS, fuzz_rounds
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # see test_decoders.py
 
@@ -190,6 +190,7 @@ def _exchange(port: int, chunks: list[bytes]) -> None:
 # -- the fuzz test ---------------------------------------------------------------------
 
 
+@fuzz_rounds
 def test_mutated_associations_never_take_the_server_down(server: Server) -> None:
     echo_and_store(server)  # warm up: lazily made objects exist before the baseline
     poll(server.quiet, 10, "the warm-up association to end")
