@@ -266,7 +266,8 @@ class Forwarder:
                         self._up(rt, True)
                     else:
                         self._metrics.set_destination_up(rt.name, True)
-                    while unsent:
+                    while unsent and not self.stopping.is_set():
+                        # stopping: the current send finished; the rest go back to pending
                         lease = unsent[0]
                         if (lease.sop_class_uid, lease.transfer_syntax) not in fitting:
                             break  # a later batch needs other contexts: new association
