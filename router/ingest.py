@@ -123,6 +123,29 @@ _REJECT_LABELS = {
 }
 
 
+def _discard(
+    sink: SpooledSink,
+    info: AssociationInfo,
+    req: StoreRequest,
+    status: int,
+    reason: str,
+    **fields: Any,
+) -> int:
+    """Drop what was received and answer ``status`` (invariant 2: nothing kept)."""
+    sink.abort()
+    refused = status == Status.OUT_OF_RESOURCES
+    logs.event(
+        log,
+        logging.ERROR if refused else logging.WARNING,
+        "store_refused" if refused else "store_rejected",
+        assoc=info.id,
+        sop_instance_uid=req.sop_instance_uid,
+        reason=reason,
+        **fields,
+    )
+    return status
+
+
 def _text(value: Any) -> str:
     return str(value or "").strip("\x00 ")
 
@@ -258,60 +281,37 @@ class Ingest(StoreHandler):
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
         cfg = self._config()
         if self._free_bytes() < cfg.storage.min_free_bytes:  # it fell during receipt
-            sink.abort()
-            logs.event(
-                log,
-                logging.ERROR,
-                "store_refused",
-                assoc=info.id,
-                reason="storage_low",
-                sop_instance_uid=req.sop_instance_uid,
-            )
-            return Status.OUT_OF_RESOURCES
+            return _discard(sink, info, req, Status.OUT_OF_RESOURCES, "storage_low")
         try:
             if sink.size > _THREAD_HEADER_ABOVE:
                 ds = await anyio.to_thread.run_sync(read_header, sink, req.transfer_syntax)
             else:
                 ds = read_header(sink, req.transfer_syntax)
         except Exception as e:  # pydicom raises many kinds on hostile bytes
-            sink.abort()
-            logs.event(
-                log,
-                logging.WARNING,
-                "store_rejected",
-                assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid,
-                reason="undecodable",
-                error=type(e).__name__,
+            return _discard(
+                sink, info, req, Status.CANNOT_UNDERSTAND, "undecodable", error=type(e).__name__
             )
-            return Status.CANNOT_UNDERSTAND
         ds_uid = _text(ds.get("SOPInstanceUID"))
         if ds_uid != req.sop_instance_uid:
-            sink.abort()
-            logs.event(
-                log,
-                logging.WARNING,
-                "store_rejected",
-                assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid,
+            return _discard(
+                sink,
+                info,
+                req,
+                Status.DATASET_MISMATCH,
+                "sop_instance_uid_mismatch",
                 dataset_uid=ds_uid,
-                reason="sop_instance_uid_mismatch",
             )
-            return Status.DATASET_MISMATCH
         ds_class = _text(ds.get("SOPClassUID"))
         if ds_class != req.sop_class_uid:
-            sink.abort()
-            logs.event(
-                log,
-                logging.WARNING,
-                "store_rejected",
-                assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid,
+            return _discard(
+                sink,
+                info,
+                req,
+                Status.DATASET_MISMATCH,
+                "sop_class_uid_mismatch",
                 sop_class_uid=req.sop_class_uid,
                 dataset_sop_class_uid=ds_class,
-                reason="sop_class_uid_mismatch",
             )
-            return Status.DATASET_MISMATCH
         route = cfg.rules.route(ds, info.calling_ae, info.called_ae)
         record = InstanceRecord(
             sop_class_uid=req.sop_class_uid,
