@@ -1,13 +1,23 @@
-"""Whole-PDU reads and writes over an anyio byte stream (shared by both adapters)."""
+"""Whole-PDU reads and writes over an anyio byte stream (shared by both adapters).
+
+On a plain TCP stream of anyio's asyncio backend (every association without TLS) the
+stream's transport is read through our own `asyncio.BufferedProtocol`: the socket is
+received straight into large buffers (recv_into), a PDU is handed out as a memoryview
+of that buffer (no copy), the task wakes only once a whole PDU has arrived, a timeout
+is one event-loop timer per wait (not a cancel scope per receive), and reading stays
+registered with the selector instead of being resumed and paused around every receive.
+Any other stream (TLS, other backends) goes through its own receive/send."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sys
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ByteStream, SocketAttribute
 
 from router.dicom.errors import AssociationAborted, DicomTimeout
@@ -15,6 +25,20 @@ from router.dicom.pdu import HEADER_LENGTH, parse_header
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None) if sys.platform.startswith("linux") else None
 RECEIVE_SIZE = 256 * 1024
+#: receive buffers are this big (or as big as the PDU being read); never reused, so a
+#: PDU handed out as a memoryview stays valid for as long as anyone holds it
+CHUNK_SIZE = 256 * 1024
+#: the first buffer of a connection (it holds the A-ASSOCIATE-RQ): small, so idle or
+#: negotiating connections cost little
+FIRST_CHUNK_SIZE = 32 * 1024
+#: a buffer with less room than this left is replaced before the next receive
+MIN_ROOM = 16 * 1024
+#: stop reading the socket with this much received and not yet consumed (beyond the
+#: PDU being waited for): memory stays bounded whatever the peer sends
+HIGH_WATER = 512 * 1024
+#: without any wait for the peer, a sender still yields to the event loop after this
+#: many bytes (fairness to other associations, cancellation)
+YIELD_BYTES = 1024 * 1024
 
 
 class PeerClosed(AssociationAborted):
@@ -49,15 +73,148 @@ def kv(**fields: Any) -> dict[str, Any]:
     return {k: v if isinstance(v, int | float | type(None)) else str(v) for k, v in fields.items()}
 
 
+class _Expired(Exception):
+    pass
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
+class _Receiver(asyncio.BufferedProtocol):
+    """Takes over an anyio asyncio SocketStream's transport. Bytes [start, end) of
+    `chunk` are received and not yet consumed. Write flow control and connection loss
+    are passed on to anyio's own protocol, so the stream's aclose() keeps working."""
+
+    def __init__(self, transport: asyncio.Transport, inner: Any, quickack_sock: Any) -> None:
+        self.transport = transport
+        self.inner = inner
+        self.chunk = bytearray(FIRST_CHUNK_SIZE)
+        self.start = 0
+        self.end = 0
+        self.need = 0  # bytes from start the waiting reader wants
+        self.reader: asyncio.Future[None] | None = None
+        self.writer: asyncio.Future[None] | None = None
+        self.write_paused = not inner.write_event.is_set()
+        self.read_paused = False
+        self.eof = bool(inner.is_at_eof)
+        self.lost = bool(inner.exception is not None or transport.is_closing())
+        self.quickack_sock = quickack_sock
+        for data in inner.read_queue:  # what anyio received before we took over
+            self._append(data)
+        inner.read_queue.clear()
+        transport.set_protocol(self)
+        if not self.lost and not transport.is_reading():
+            transport.resume_reading()
+
+    def _append(self, data: bytes) -> None:
+        n = len(data)
+        if len(self.chunk) - self.end < n:
+            self.relocate(n)
+        self.chunk[self.end : self.end + n] = data
+        self.end += n
+
+    def relocate(self, room: int) -> None:
+        """Move the unconsumed bytes to a new buffer with at least ``room`` free."""
+        pending = self.end - self.start
+        new = bytearray(max(CHUNK_SIZE, pending + room))
+        new[:pending] = memoryview(self.chunk)[self.start : self.end]
+        self.chunk = new
+        self.start = 0
+        self.end = pending
+
+    # -- asyncio callbacks ---------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.chunk) - self.end < MIN_ROOM:
+            self.relocate(max(MIN_ROOM, self.need - (self.end - self.start)))
+        return memoryview(self.chunk)[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        sock = self.quickack_sock
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                self.quickack_sock = None
+        pending = self.end - self.start
+        if pending >= self.need:
+            fut = self.reader
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if pending >= HIGH_WATER + self.need and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return True  # keep the transport for writing, as anyio does
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake()
+        fut = self.writer
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        fut = self.writer
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        self.inner.resume_writing()
+
+    def _wake(self) -> None:
+        fut = self.reader
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+def _asyncio_transport(stream: ByteStream) -> tuple[asyncio.Transport, Any] | None:
+    """(transport, anyio protocol) of a plain anyio asyncio SocketStream, else None."""
+    transport = getattr(stream, "_transport", None)
+    protocol = getattr(stream, "_protocol", None)
+    if (
+        type(stream).__module__ == "anyio._backends._asyncio"
+        and type(stream).__name__ == "SocketStream"
+        and isinstance(transport, asyncio.Transport)
+        and hasattr(transport, "set_protocol")
+        and hasattr(transport, "is_reading")
+        and all(
+            hasattr(protocol, name)
+            for name in ("read_queue", "write_event", "is_at_eof", "exception")
+        )
+    ):
+        return transport, protocol
+    return None
+
+
 class PduStream:
     """Reads whole PDUs with our length limit checked on the header, before buffering.
 
     `network_timeout` bounds the rest of a PDU once its first byte has arrived (the
     whole of it, not each receive), so a peer that stalls in the middle of a PDU, or
     trickles it a byte at a time (slow-loris), is timed out like one that stalls
-    between PDUs."""
+    between PDUs. It bounds a send too (a peer that stops reading)."""
 
-    __slots__ = ("_buf", "_pos", "_quickack_sock", "network_timeout", "stream")
+    __slots__ = (
+        "_buf",
+        "_loop",
+        "_pos",
+        "_quickack_sock",
+        "_rx",
+        "_unyielded",
+        "network_timeout",
+        "stream",
+    )
 
     def __init__(
         self, stream: ByteStream, network_timeout: float | None, quickack: bool = False
@@ -66,9 +223,149 @@ class PduStream:
         self.network_timeout = network_timeout
         self._buf = bytearray()
         self._pos = 0
+        self._unyielded = 0
         sock = raw_socket(stream)
         set_nodelay(sock)
         self._quickack_sock = sock if (quickack and _QUICKACK is not None) else None
+        self._rx: _Receiver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        found = _asyncio_transport(stream)
+        if found is not None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                found = None
+        if found is not None:
+            self._rx = _Receiver(found[0], found[1], self._quickack_sock)
+
+    # -- the buffered protocol path ------------------------------------------------
+
+    async def _wait_rx(self, rx: _Receiver, need: int, timeout: float | None, what: str) -> None:
+        """Wait until ``need`` bytes from rx.start have arrived (or EOF/loss)."""
+        if rx.end - rx.start >= need:
+            return
+        if rx.eof or rx.lost:
+            raise PeerClosed()
+        if len(rx.chunk) - rx.start < need:
+            rx.relocate(need - (rx.end - rx.start))
+        rx.need = need
+        if rx.read_paused:
+            rx.read_paused = False
+            rx.transport.resume_reading()
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[None] = loop.create_future()
+        rx.reader = fut
+        handle = loop.call_later(timeout, _expire, fut) if timeout is not None else None
+        self._unyielded = 0
+        try:
+            await fut
+        except _Expired:
+            raise DicomTimeout(what) from None
+        finally:
+            rx.reader = None
+            rx.need = 0
+            if handle is not None:
+                handle.cancel()
+        if rx.end - rx.start < need:  # woken by EOF or loss
+            raise PeerClosed()
+
+    async def _read_pdu_rx(
+        self, rx: _Receiver, limit: int, idle_timeout: float | None
+    ) -> tuple[int, memoryview]:
+        loop = self._loop
+        assert loop is not None
+        network_timeout = self.network_timeout
+        deadline: float | None = None
+        if rx.end == rx.start:
+            await self._wait_rx(rx, 1, idle_timeout, f"no data from peer for {idle_timeout} s")
+        if rx.end - rx.start < HEADER_LENGTH:
+            if network_timeout is not None:
+                deadline = loop.time() + network_timeout
+            await self._wait_rx(rx, HEADER_LENGTH, network_timeout, self._incomplete())
+        start = rx.start
+        pdu_type, length = parse_header(memoryview(rx.chunk)[start : start + HEADER_LENGTH], limit)
+        total = HEADER_LENGTH + length
+        if rx.end - start < total:
+            timeout = network_timeout
+            if deadline is not None:
+                timeout = max(0.0, deadline - loop.time())
+            await self._wait_rx(rx, total, timeout, self._incomplete())
+            start = rx.start
+        pdu = memoryview(rx.chunk)[start : start + total]
+        rx.start = start + total
+        if rx.read_paused and rx.end - rx.start < HIGH_WATER:
+            rx.read_paused = False
+            rx.transport.resume_reading()
+        return pdu_type, pdu
+
+    def _incomplete(self) -> str:
+        return f"PDU not complete {self.network_timeout} s after its first byte"
+
+    async def _send_rx(self, rx: _Receiver, data: bytes | bytearray | memoryview) -> None:
+        if rx.lost or rx.transport.is_closing():
+            raise PeerClosed()
+        timeout = self.network_timeout
+        handle: asyncio.TimerHandle | None = None
+        loop = self._loop
+        assert loop is not None
+        try:
+            if rx.write_paused:
+                handle = await self._wait_writable(rx, loop, timeout, handle)
+            try:
+                rx.transport.write(data)
+            except RuntimeError:
+                raise PeerClosed() from None
+            if rx.write_paused:
+                handle = await self._wait_writable(rx, loop, timeout, handle)
+            elif self._unyielded >= YIELD_BYTES:
+                self._unyielded = 0
+                await anyio.lowlevel.checkpoint()
+            else:
+                self._unyielded += len(data)
+        finally:
+            if handle is not None:
+                handle.cancel()
+        if rx.lost:
+            raise PeerClosed()
+        if self._quickack_sock is not None:
+            self._quickack()
+
+    async def _wait_writable(
+        self,
+        rx: _Receiver,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+        handle: asyncio.TimerHandle | None,
+    ) -> asyncio.TimerHandle | None:
+        fut: asyncio.Future[None] = loop.create_future()
+        if handle is None and timeout is not None:
+            handle = loop.call_later(timeout, _expire, fut)
+        elif handle is not None:  # the same deadline, now for this future
+            when = handle.when()
+            handle.cancel()
+            handle = loop.call_at(when, _expire, fut)
+        rx.writer = fut
+        self._unyielded = 0
+        try:
+            while rx.write_paused and not rx.lost:
+                await fut
+                if rx.write_paused and not rx.lost:  # spurious wake-up
+                    fut = loop.create_future()
+                    rx.writer = fut
+                    if handle is not None:
+                        when = handle.when()
+                        handle.cancel()
+                        handle = loop.call_at(when, _expire, fut)
+        except _Expired:
+            raise DicomTimeout(f"peer did not read for {timeout} s") from None
+        finally:
+            rx.writer = None
+        if rx.lost:
+            raise PeerClosed()
+        return handle
+
+    # -- the generic path (TLS, other backends) -------------------------------------
 
     async def _receive(self, timeout: float | None, deadline: float | None = None) -> None:
         if deadline is not None:
@@ -81,9 +378,7 @@ class PduStream:
                     chunk = await self.stream.receive(RECEIVE_SIZE)
         except TimeoutError:
             if deadline is not None:
-                raise DicomTimeout(
-                    f"PDU not complete {self.network_timeout} s after its first byte"
-                ) from None
+                raise DicomTimeout(self._incomplete()) from None
             raise DicomTimeout(f"no data from peer for {timeout} s") from None
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             raise PeerClosed() from None
@@ -113,14 +408,19 @@ class PduStream:
                 sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
             except OSError:
                 self._quickack_sock = None
+                if self._rx is not None:
+                    self._rx.quickack_sock = None
 
     async def read_pdu(
         self, limit: int, idle_timeout: float | None
-    ) -> tuple[int, bytearray | bytes]:
+    ) -> tuple[int, bytearray | bytes | memoryview]:
         """Return (pdu_type, whole PDU including its 6-byte header).
 
         ``idle_timeout`` applies while waiting for the first byte of the PDU; the rest
         must arrive within ``network_timeout`` of it."""
+        rx = self._rx
+        if rx is not None:
+            return await self._read_pdu_rx(rx, limit, idle_timeout)
         deadline: float | None = None
         while len(self._buf) - self._pos < HEADER_LENGTH:
             if deadline is None and len(self._buf) == self._pos:
@@ -149,6 +449,10 @@ class PduStream:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send; a peer that stops reading for ``network_timeout`` is timed out too."""
+        rx = self._rx
+        if rx is not None:
+            await self._send_rx(rx, data)
+            return
         try:
             if self.network_timeout is None:
                 await self.stream.send(data)  # type: ignore[arg-type]  # any buffer works
