@@ -21,6 +21,12 @@ class StoreRefused(Exception):
         self.comment = comment
 
 
+#: FileSink gathers the fragments (one per P-DATA PDU, 16 KB with DCMTK's default) into
+#: writes of up to this size: a 20 KB data set is one write(), a 512 KB one two or three
+#: instead of 32 (measured: file writes, not the network, dominate the acceptor's CPU)
+FILE_WRITE_BUFFER = 256 * 1024
+
+
 class FileSink:
     """A Sink writing the data set bytes, exactly as received, to ``directory`` under a
     name the router makes (never one from the network)."""
@@ -28,7 +34,9 @@ class FileSink:
     def __init__(self, directory: Path) -> None:
         name = f"{time.time_ns():x}-{secrets.token_hex(4)}.part"
         self.path = Path(directory) / name
-        self._file: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 - owned by the sink
+        self._file: BinaryIO | None = open(  # noqa: SIM115 - owned by the sink
+            self.path, "xb", buffering=FILE_WRITE_BUFFER
+        )
         self.size = 0
         self.aborted = False
 
