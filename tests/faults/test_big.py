@@ -1,4 +1,5 @@
-"""Fault matrix, a 2 GB instance in and out (issue 4, case 17): streamed both ways,
+"""Fault matrix, a 2 GB multi-frame instance in and out (issue 4, case 17; issue 6: very
+large objects pass through untranscoded): streamed both ways,
 the router's peak RSS (VmHWM over its whole life) stays under 150 MiB."""
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def write_huge(path: Path, uid: str, pixels: int) -> int:
             element(0x0010, 0x0020, "LO", b"HUGE1"),
             element(0x0020, 0x000D, "UI", b"1.2.826.0.1.3680043.8.498.17"),
             element(0x0028, 0x0002, "US", struct.pack("<H", 1)),
-            element(0x0028, 0x0010, "US", struct.pack("<H", 20_000)),
-            element(0x0028, 0x0011, "US", struct.pack("<H", 50_000)),
+            element(0x0028, 0x0008, "IS", b"1000"),  # multi-frame: 1000 x 1000 x 1000 x 2 B
+            element(0x0028, 0x0010, "US", struct.pack("<H", 1000)),
+            element(0x0028, 0x0011, "US", struct.pack("<H", 1000)),
             element(0x0028, 0x0100, "US", struct.pack("<H", 16)),
             struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, pixels),
         )
