@@ -89,8 +89,10 @@ def start_storescp(
     port: int | None = None,
     extra: Sequence[str] = (),
     accept_all: bool = True,
+    bit_preserving: bool = True,
 ) -> StoreSCP:
-    """``accept_all`` False: storescp's default, uncompressed transfer syntaxes only."""
+    """``accept_all`` False: storescp's default, uncompressed transfer syntaxes only.
+    ``bit_preserving`` False: files get unique names (receipts of one UID all kept)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     proc = subprocess.Popen(
@@ -100,7 +102,7 @@ def start_storescp(
             ae_title,
             "--output-directory",
             str(directory),
-            "--bit-preserving",
+            *(["--bit-preserving"] if bit_preserving else ["--unique-filenames"]),
             *(["--accept-all"] if accept_all else []),
             *extra,
             str(port),

@@ -5,8 +5,10 @@ says so (log line, metric)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom.data
@@ -95,3 +97,105 @@ def test_converted_for_an_uncompressed_only_destination_original_for_the_other(
         plain.stop()
         full.stop()
         direct.stop()
+
+
+# storescu's option proposing each compressed syntax; a syntax without one is a syntax
+# DCMTK cannot send
+STORESCU_OPTION = {
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def _compressed_test_files() -> list[Path]:
+    out = []
+    for name in sorted(os.listdir(TEST_FILES)):
+        path = TEST_FILES / name
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        ts = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", ""))
+        if ts in STORESCU_OPTION:
+            out.append(path)
+    return out
+
+
+def _pixels(path: Path) -> Any:
+    """The decoded pixels of a source, or None for one no installed decoder reads."""
+    try:
+        return dcmread(path).pixel_array
+    except Exception:
+        return None
+
+
+TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on some of its own test files
+def test_every_compressed_test_file_dcmtk_sends_arrives_uncompressed(tmp_path: Path) -> None:
+    """Every compressed file of pydicom's test data that storescu can send, through the
+    router to a storescp taking only uncompressed syntaxes: same SOP Instance UID, an
+    uncompressed syntax, and the source's decoded pixels."""
+    plain = start_storescp(tmp_path / "plain", "PLAIN", accept_all=False, bit_preserving=False)
+    sent: list[Path] = []
+    refused_by_storescu: list[str] = []
+    try:
+        router = write_config(
+            tmp_path, {"plain": {"ae_title": "PLAIN", "host": "127.0.0.1", "port": plain.port}}
+        )
+        with running(router):
+            for path in _compressed_test_files():
+                ts = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                res = storescu(router.port, [path], extra=["-v", STORESCU_OPTION[ts]])
+                if "Received Store Response (Success)" in res.stdout + res.stderr:
+                    sent.append(path)
+                else:  # storescu could not send it (its own refusal): never reached us
+                    refused_by_storescu.append(path.name)
+            assert len(sent) >= 25, refused_by_storescu
+            assert router.metric("dicom_router_received_instances_total") == len(sent)
+
+            def ended() -> float:
+                return router.metric(
+                    "dicom_router_forwarded_instances_total",
+                    destination="plain",
+                    outcome="delivered",
+                ) + router.metric(
+                    "dicom_router_forwarded_instances_total",
+                    destination="plain",
+                    outcome="failed",
+                )
+
+            wait_for(lambda: ended() == len(sent), 60, "every delivery to end")
+            delivered = router.metric(
+                "dicom_router_forwarded_instances_total",
+                destination="plain",
+                outcome="delivered",
+            )
+            plain.wait_files(int(delivered))
+        # what could not be converted is a dead letter that says why, never dropped
+        dead = [json.loads(line) for line in router.log().splitlines() if '"dead_letter"' in line]
+        assert len(dead) + delivered == len(sent)
+        assert len(dead) <= 2, [d["error"] for d in dead]  # the two no decoder can read
+        assert all(d["error"].startswith("PLAIN: ") or "cannot convert" in d["error"] for d in dead)
+        sources: dict[str, list[Path]] = {}
+        for path in sent:
+            sources.setdefault(
+                str(dcmread(path, stop_before_pixels=True).SOPInstanceUID), []
+            ).append(path)
+        for got in plain.files():
+            ds = dcmread(got)
+            assert str(ds.file_meta.TransferSyntaxUID) in NATIVE, got.name
+            candidates = sources[str(ds.SOPInstanceUID)]
+            assert any(np.array_equal(ds.pixel_array, _pixels(p)) for p in candidates), (
+                got.name,
+                [p.name for p in candidates],
+            )
+    finally:
+        plain.stop()
