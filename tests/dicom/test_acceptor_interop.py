@@ -18,6 +18,7 @@ from dicom_helpers import (
     run_tool,
     running,
     storescp,
+    wait_for,
 )
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
@@ -214,9 +215,7 @@ async def test_pynetdicom_store_and_abort(handler: RecordingHandler, tmp_path: P
 
 
 async def _wait_closed(handler: RecordingHandler, n: int) -> None:
-    with anyio.fail_after(10):
-        while len(handler.closed) < n:
-            await anyio.sleep(0.01)
+    await wait_for(lambda: len(handler.closed) >= n, 10)
 
 
 async def test_log_events_are_structured_and_carry_no_patient_data(

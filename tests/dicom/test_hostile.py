@@ -148,13 +148,9 @@ async def test_sender_vanishes_mid_data_set(handler: RecordingHandler, storage: 
         s = await raw_associate(port)
         await s.send(store_command())
         await s.send(bytes(pdu.pdata_pdus(1, b"\x08\x00" * 5000, 16384, 0, False)))
-        with anyio.fail_after(10):
-            while not handler.sinks:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: bool(handler.sinks), 10)
         await s.aclose()
-        with anyio.fail_after(10):
-            while not handler.closed:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: bool(handler.closed), 10)
         assert handler.closed[0][1] == "aborted"
         assert handler.sinks[0].aborted
         assert list(storage.iterdir()) == []  # the partial file is gone
@@ -169,9 +165,7 @@ async def test_aborted_mid_data_set(handler: RecordingHandler, storage: Path) ->
         await s.send(bytes(pdu.pdata_pdus(1, b"\x08\x00" * 5000, 16384, 0, False)))
         await s.send(pdu.encode_abort(0, 0))
         await expect_abort_and_close(s)
-        with anyio.fail_after(10):
-            while not handler.closed:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: bool(handler.closed), 10)
         assert handler.closed[0][1] == "aborted"
         assert handler.sinks[0].aborted
         assert list(storage.iterdir()) == []
@@ -267,9 +261,7 @@ async def test_random_bytes_after_association_never_kill_the_server(
             await s.send(payload)
             await s.send_eof()
             await expect_abort_and_close(s)
-        with anyio.fail_after(10):
-            while len(handler.closed) < 40:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: len(handler.closed) >= 40, 10)
         assert {how for _id, how in handler.closed} <= {"error", "aborted", "timeout"}
         assert not any(kind.startswith("internal") for kind in handler.errors), handler.errors
         assert await echo(port) == 0

@@ -8,9 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from dicom_helpers import VERIFICATION, RecordingHandler, config, free_port, running, storescp
+from dicom_helpers import (
+    VERIFICATION,
+    RecordingHandler,
+    config,
+    free_port,
+    running,
+    storescp,
+    wait_for,
+)
 from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
@@ -178,9 +185,7 @@ async def test_we_abort_and_release_against_our_acceptor(
         assoc = await associate("127.0.0.1", port, **kw)
         assert (await assoc.c_store(sop_class, sop_instance, ts, f, offset=offset)).status == 0
         await assoc.abort()
-        with anyio.fail_after(10):
-            while len(handler.closed) < 1:
-                await anyio.sleep(0.01)
+        await wait_for(lambda: len(handler.closed) >= 1, 10)
         assert handler.closed[-1][1] == "aborted"
 
         with pytest.raises(RuntimeError):  # abort on exception inside the context
@@ -188,9 +193,7 @@ async def test_we_abort_and_release_against_our_acceptor(
                 raise RuntimeError("boom")
         async with associate("127.0.0.1", port, **kw) as assoc:
             pass
-        with anyio.fail_after(10):
-            while len(handler.closed) < 3:
-                await anyio.sleep(0.01)
+        await wait_for(lambda: len(handler.closed) >= 3, 10)
         assert [how for _id, how in handler.closed] == ["aborted", "aborted", "released"]
         assert len(handler.stored) == 1
         assert handler.stored[0].path.read_bytes() == f.read_bytes()[offset:]

@@ -6,9 +6,16 @@ import ssl
 import subprocess
 from pathlib import Path
 
-import anyio
 import pytest
-from dicom_helpers import VERIFICATION, RecordingHandler, config, raw_connect, run_tool, running
+from dicom_helpers import (
+    VERIFICATION,
+    RecordingHandler,
+    config,
+    raw_connect,
+    run_tool,
+    running,
+    wait_for,
+)
 
 from router.dicom import Acceptor, ConnectError, associate
 
@@ -92,9 +99,7 @@ async def test_silent_tls_client_does_not_block_others(
         await plain.send(b"\x01\x00\x00\x00\x00\x10" + b"\x00" * 16)  # DICOM without TLS
         async with associate("127.0.0.1", port, **kw) as assoc:  # type: ignore[arg-type]
             assert await assoc.c_echo() == 0
-        with anyio.fail_after(5):
-            while len(handler.errors) < 2:
-                await anyio.sleep(0.01)
+        await wait_for(lambda: len(handler.errors) >= 2, 5)
         assert sorted(handler.errors) == ["tls_handshake", "tls_timeout"]
         await silent.aclose()
         await plain.aclose()
