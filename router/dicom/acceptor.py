@@ -400,16 +400,17 @@ class Acceptor:
                                     True,
                                 )
                             )
-                            log.debug(
-                                "c_store",
-                                extra=_kv(
-                                    id=info.id,
-                                    message_id=req.message_id,
-                                    sop_instance_uid=req.sop_instance_uid,
-                                    status=f"0x{status:04X}",
-                                    bytes=reader.data_bytes,
-                                ),
-                            )
+                            if log.isEnabledFor(logging.DEBUG):  # per instance: skip the cost
+                                log.debug(
+                                    "c_store",
+                                    extra=_kv(
+                                        id=info.id,
+                                        message_id=req.message_id,
+                                        sop_instance_uid=req.sop_instance_uid,
+                                        status=f"0x{status:04X}",
+                                        bytes=reader.data_bytes,
+                                    ),
+                                )
                             req = None
                 elif action is Action.RELEASE_RQ:
                     if reader.in_message:
