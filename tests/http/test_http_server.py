@@ -12,25 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.http import BadRequest, HttpServer, Request, Response, parse_head
 from router.metrics import Metrics, QueueSnapshot
-
-#: design.md, "Metrics" (kept here on purpose, not imported from router.metrics)
-DESIGN_METRICS = (
-    "received_instances_total",
-    "received_bytes_total",
-    "store_responses_total",
-    "forwarded_instances_total",
-    "forward_retries_total",
-    "queue_instances",
-    "queue_oldest_age_seconds",
-    "delivery_latency_seconds",
-    "associations_active",
-    "destination_up",
-    "storage_free_bytes",
-    "unrouted_instances_total",
-    "rule_matches_total",
-    "config_reloads_total",
-    "build_info",
-)
+from tests.design_contract import DESIGN_METRICS
 
 pytestmark = pytest.mark.anyio
 

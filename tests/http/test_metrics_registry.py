@@ -17,25 +17,8 @@ from router.metrics import (
     disk_free_bytes,
     status_label,
 )
+from tests.design_contract import DESIGN_METRICS
 
-#: design.md, "Metrics": the contract.
-DESIGN_METRICS = (
-    "received_instances_total",
-    "received_bytes_total",
-    "store_responses_total",
-    "forwarded_instances_total",
-    "forward_retries_total",
-    "queue_instances",
-    "queue_oldest_age_seconds",
-    "delivery_latency_seconds",
-    "associations_active",
-    "destination_up",
-    "storage_free_bytes",
-    "unrouted_instances_total",
-    "rule_matches_total",
-    "config_reloads_total",
-    "build_info",
-)
 ALLOWED_LABELS = {
     "status",
     "destination",
