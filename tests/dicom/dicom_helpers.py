@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from router.dicom import (
     StoreRequest,
     associate,
 )
+from tests.async_peers import until
 
 VERIFICATION = "1.2.840.10008.1.1"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -110,11 +111,9 @@ async def echo(port: int, called_ae: str = "ROUTER", calling_ae: str = "ECHO") -
         return await assoc.c_echo()
 
 
-async def wait_for(predicate: object, timeout: float = 10.0) -> None:
+async def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     """Poll ``predicate()`` until true, with a deadline."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.01)
+    await until(predicate, timeout)
 
 
 async def run_tool(args: Sequence[str], timeout: float = 60) -> tuple[int, str]:
@@ -143,30 +142,3 @@ async def recv_until_closed(stream: anyio.abc.SocketStream, timeout: float = 10)
                 out += await stream.receive()
             except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
                 return out
-
-
-@asynccontextmanager
-async def storescp(port: int, outdir: Path, *extra: str) -> AsyncIterator[anyio.abc.Process]:
-    """A DCMTK storescp (TCP_NODELAY=1) on ``port`` writing into ``outdir``; ready when
-    it accepts connections."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    proc = await anyio.open_process(
-        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)],
-        env=DCMTK_ENV,
-    )
-    try:
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    s = await anyio.connect_tcp("127.0.0.1", port)
-                    await s.aclose()
-                    break
-                except OSError:
-                    assert proc.returncode is None, "storescp exited"
-                    await anyio.sleep(0.02)
-        yield proc
-    finally:
-        proc.terminate()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await proc.wait()
-        await proc.aclose()

@@ -17,7 +17,6 @@ from dicom_helpers import (
     free_port,
     run_tool,
     running,
-    storescp,
     wait_for,
 )
 from pynetdicom import AE
@@ -25,6 +24,7 @@ from pynetdicom.dsutils import split_dataset
 
 from router.dicom import Acceptor
 from router.samples import write_many
+from tests.async_peers import storescp
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from dicom_helpers import VERIFICATION, RecordingHandler, config, echo, running
+from dicom_helpers import VERIFICATION, RecordingHandler, config, echo, running, wait_for
 
 from router.dicom import (
     Acceptor,
@@ -69,9 +69,7 @@ async def test_drain_timeout_aborts_the_rest(handler: RecordingHandler) -> None:
         )
         acceptor.stop_accepting()
         assert await acceptor.drain(0.2) is False
-        with anyio.fail_after(10):
-            while acceptor.active:
-                await anyio.sleep(0.01)
+        await wait_for(lambda: not acceptor.active, 10)
         assert handler.closed[-1][1] == "aborted"
         with pytest.raises(Exception):  # noqa: B017 - the peer aborted: any DicomError
             await assoc.c_echo()

@@ -15,7 +15,6 @@ from dicom_helpers import (
     config,
     free_port,
     running,
-    storescp,
     wait_for,
 )
 from pydicom import dcmread
@@ -31,6 +30,7 @@ from router.dicom import (
     associate,
 )
 from router.samples import write_dataset, write_many
+from tests.async_peers import storescp
 
 pytestmark = pytest.mark.anyio
 

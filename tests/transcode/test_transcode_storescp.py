@@ -19,6 +19,7 @@ from pynetdicom.dsutils import split_dataset
 from router import syntaxes
 from router.dicom import associate
 from router.transcode import transcode
+from tests.async_peers import storescp as dcmtk_storescp
 from tests.conftest import free_port
 
 from .helpers import source_ds, stored
@@ -37,26 +38,8 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 async def storescp(port: int, outdir: Path, *extra: str) -> AsyncIterator[None]:
     """storescp writing what it receives unchanged (+B) into ``outdir``; without
     --accept-all it takes Explicit VR LE/BE and Implicit VR LE only (``+xi``: implicit)."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    proc = await anyio.open_process(
-        ["storescp", "-aet", "STORESCP", "-od", str(outdir), "+B", *extra, str(port)], env=ENV
-    )
-    try:
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    s = await anyio.connect_tcp("127.0.0.1", port)
-                    await s.aclose()
-                    break
-                except OSError:
-                    assert proc.returncode is None, "storescp exited"
-                    await anyio.sleep(0.02)
+    async with dcmtk_storescp(port, outdir, "+B", *extra):
         yield
-    finally:
-        proc.terminate()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await proc.wait()
-        await proc.aclose()
 
 
 async def send(

@@ -1,0 +1,50 @@
+"""Async helpers shared by the in-process tests: polling with a deadline and a DCMTK
+storescp that is ready when it accepts connections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.01) -> None:
+    """Poll ``predicate()`` until it is true; TimeoutError after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(step)
+
+
+@asynccontextmanager
+async def storescp(port: int, outdir: Path, *extra: str) -> AsyncIterator[anyio.abc.Process]:
+    """DCMTK storescp (TCP_NODELAY=1) on ``port`` writing into ``outdir``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    proc = await anyio.open_process(
+        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)], env=DCMTK_ENV
+    )
+
+    async def accepts() -> bool:
+        assert proc.returncode is None, "storescp exited"
+        try:
+            s = await anyio.connect_tcp("127.0.0.1", port)
+        except OSError:
+            return False
+        await s.aclose()
+        return True
+
+    try:
+        with anyio.fail_after(10):
+            while not await accepts():
+                await anyio.sleep(0.02)
+        yield proc
+    finally:
+        proc.terminate()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await proc.wait()
+        await proc.aclose()
