@@ -39,7 +39,8 @@ from router.dicom import (
     StoreRequest,
 )
 from router.metrics import Metrics
-from router.store.queue import InstanceRecord, Queue, QueueClosed
+from router.rules import RouteResult
+from router.store.queue import CommitResult, InstanceRecord, Queue, QueueClosed
 from router.store.spool import SpooledSink
 
 log = logging.getLogger("router.ingest")
@@ -47,6 +48,15 @@ log = logging.getLogger("router.ingest")
 # Above this size the header is parsed in a worker thread: reading a spilled file's
 # header touches the disk, and the event loop serves every other association.
 _THREAD_HEADER_ABOVE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A committed instance, for the bookkeeping after its Success went out."""
+
+    result: CommitResult
+    route: RouteResult
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +85,16 @@ class GuardedSink:
     answers with the right status. With ``digest``, a BLAKE2b of the data set bytes is
     computed as they pass (for ``duplicates: drop_identical``)."""
 
-    __slots__ = ("_check_at", "_free_bytes", "_min_free", "digest", "error", "inner")
+    __slots__ = (
+        "_check_at",
+        "_free_bytes",
+        "_min_free",
+        "digest",
+        "error",
+        "inner",
+        "outcome",
+        "status",
+    )
 
     def __init__(
         self,
@@ -87,6 +106,8 @@ class GuardedSink:
     ) -> None:
         self.inner = inner
         self.error: OSError | None = None
+        self.status: int | None = None  # what finish_store answered
+        self.outcome: _Stored | None = None  # what it stored, logged once answered
         self.digest = hashlib.blake2b(digest_size=20) if digest else None
         self._free_bytes = free_bytes
         self._min_free = min_free
@@ -262,9 +283,46 @@ class Ingest(StoreHandler):
 
     async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Any) -> int:
         assert isinstance(sink, GuardedSink)
-        status = await self._finish(info, req, sink)
-        self._metrics.store_response(status)
-        return status
+        sink.status = await self._finish(info, req, sink)
+        return sink.status
+
+    def store_answered(self, info: AssociationInfo, req: StoreRequest, sink: Any) -> None:
+        """Metrics and the ``stored`` line, once the peer has its response: they cost
+        about a tenth of a small instance's turn-around, which the sender would wait."""
+        assert isinstance(sink, GuardedSink)
+        if sink.status is not None:
+            self._metrics.store_response(sink.status)
+        done = sink.outcome
+        if done is None:
+            return
+        sink.outcome = None
+        result, route = done.result, done.route
+        self._metrics.instance_received(done.size)
+        if result.dropped:
+            logs.event(
+                log,
+                logging.INFO,
+                "duplicate_dropped",
+                assoc=info.id,
+                instance=result.id,
+                sop_instance_uid=req.sop_instance_uid,
+                destinations=",".join(result.dropped),
+            )
+        if result.stored:
+            for m in route.matches:
+                self._metrics.rule_matched(m.name)
+            if not route.destinations:
+                self._metrics.unrouted_instances_total.inc()
+            logs.event(
+                log,
+                logging.INFO,
+                "stored",
+                assoc=info.id,
+                instance=result.id,
+                sop_instance_uid=req.sop_instance_uid,
+                size=done.size,
+                destinations=",".join(result.queued) or "-",
+            )
 
     async def _finish(self, info: AssociationInfo, req: StoreRequest, guarded: GuardedSink) -> int:
         sink = guarded.inner
@@ -340,32 +398,7 @@ class Ingest(StoreHandler):
             )
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
-        self._metrics.instance_received(sink.size - sink.data_offset)
-        if result.dropped:
-            logs.event(
-                log,
-                logging.INFO,
-                "duplicate_dropped",
-                assoc=info.id,
-                instance=result.id,
-                sop_instance_uid=req.sop_instance_uid,
-                destinations=",".join(result.dropped),
-            )
-        if result.stored:
-            for m in route.matches:
-                self._metrics.rule_matched(m.name)
-            if not route.destinations:
-                self._metrics.unrouted_instances_total.inc()
-            logs.event(
-                log,
-                logging.INFO,
-                "stored",
-                assoc=info.id,
-                instance=result.id,
-                sop_instance_uid=req.sop_instance_uid,
-                size=sink.size - sink.data_offset,
-                destinations=",".join(result.queued) or "-",
-            )
+        guarded.outcome = _Stored(result, route, sink.size - sink.data_offset)
         return Status.SUCCESS
 
 

@@ -382,24 +382,29 @@ class Acceptor:
                             reader.start_data(ctx, sink)
                         else:  # DATA_DONE
                             assert req is not None
+                            finished = sink if refused is None else None
                             status, comment = await self._finish(info, req, sink, refused)
                             sink = None
                             stored += 1
-                            await ps.send(
-                                pdata_pdus(
-                                    reader.data_context,
-                                    dimse.store_rsp(
-                                        req.message_id,
-                                        req.sop_class_uid,
-                                        req.sop_instance_uid,
-                                        status,
-                                        comment,
-                                    ),
-                                    peer_max,
-                                    COMMAND,
-                                    True,
+                            try:
+                                await ps.send(
+                                    pdata_pdus(
+                                        reader.data_context,
+                                        dimse.store_rsp(
+                                            req.message_id,
+                                            req.sop_class_uid,
+                                            req.sop_instance_uid,
+                                            status,
+                                            comment,
+                                        ),
+                                        peer_max,
+                                        COMMAND,
+                                        True,
+                                    )
                                 )
-                            )
+                            finally:
+                                if finished is not None:
+                                    self._hook("store_answered", info, req, finished)
                             if log.isEnabledFor(logging.DEBUG):  # per instance: skip the cost
                                 log.debug(
                                     "c_store",

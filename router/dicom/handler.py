@@ -71,6 +71,10 @@ class StoreHandler:
     async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Sink) -> int:
         return Status.SUCCESS
 
+    def store_answered(self, info: AssociationInfo, req: StoreRequest, sink: Sink) -> None:
+        """After the response to a C-STORE whose data set reached ``finish_store`` went
+        out (or failed to): bookkeeping that must not delay the peer's next request."""
+
     def association_opened(self, info: AssociationInfo) -> None:
         pass
 
