@@ -955,7 +955,17 @@ class _DbThread:
                     except thread_queue.Empty:
                         break
                 if jobs:
-                    res = _run_batch(self._core, jobs)
+                    try:
+                        res = _run_batch(self._core, jobs)
+                    except Exception as e:  # a bug: SQL errors are caught per job
+                        log.exception("queue batch failed")
+                        for j in jobs:
+                            if j.error is None:
+                                j.error = e
+                            if isinstance(j, _CommitJob) and j.sink.spilled:
+                                with contextlib.suppress(OSError):
+                                    self._core.spool.remove(j.sink.id)
+                        res = _BatchResult(_Delta(), {}, committed=False)
                     try:
                         self._call_in_loop(self._done, jobs, res)
                     except RuntimeError:  # the loop is gone: nobody is waiting any more
@@ -1062,11 +1072,14 @@ class Queue:
         return core
 
     def _batch_done(self, jobs: Sequence[_Job[Any]], res: _BatchResult) -> None:
-        """In the event loop: count the batch in, wake its waiters, free their slots."""
-        self._apply(res)
-        for j in jobs:
-            j.done.set()
-            self._slots.release()
+        """In the event loop: count the batch in, wake its waiters, free their slots.
+        The waiters are woken whatever happens: they wait shielded from cancellation."""
+        try:
+            self._apply(res)
+        finally:
+            for j in jobs:
+                j.done.set()
+                self._slots.release()
 
     async def _submit(self, job: _Job[Any]) -> None:
         """Hand ``job`` to the DB thread (waiting while ``max_pending_jobs`` are in it)."""

@@ -413,6 +413,33 @@ async def test_failed_commit_leaves_nothing(storage: Path) -> None:
     assert q.spool.iter_ids() == []
 
 
+async def test_a_failing_batch_fails_its_callers_instead_of_hanging_them(
+    storage: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the DB thread's batch (not an SQL error, which fails one job) must reach
+    every caller of the batch: they wait shielded from cancellation, so a batch that
+    never answered would hang the router's shutdown for ever."""
+    import router.store.queue as queue_mod
+
+    real = queue_mod._run_batch
+
+    def broken(core: Any, jobs: Any) -> Any:
+        raise RuntimeError("bug in the batch")
+
+    async with running(storage) as q:
+        monkeypatch.setattr(queue_mod, "_run_batch", broken)
+        with caplog.at_level(logging.ERROR, "router.store.queue"):
+            with anyio.fail_after(10):
+                with pytest.raises(RuntimeError, match="bug in the batch"):
+                    await commit(q, 10, ["pacs"])
+                with pytest.raises(RuntimeError, match="bug in the batch"):
+                    await q.lease("pacs", 1, 30)
+        assert "queue batch failed" in caplog.text
+        monkeypatch.setattr(queue_mod, "_run_batch", real)
+        ok = await commit(q, 10, ["pacs"], seed=1)  # the queue goes on
+        assert [e.instance_id for e in await q.list_deliveries()] == [ok]
+
+
 async def test_admin_standalone(storage: Path) -> None:
     async with running(storage) as q:
         ident = await commit(q, 9000, ["pacs"])
