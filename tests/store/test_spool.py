@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from router.store.spool import (
     id_from_name,
     new_id,
     part10_header,
+    start_writeback,
 )
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -194,3 +196,21 @@ def test_spilled_writes_of_every_size_arrive_in_order(storage: Path) -> None:
     sink.write(b"tail")
     path = spool.install(sink)
     assert path.read_bytes()[sink.data_offset :] == b"".join(pieces) + b"tail"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_writeback_is_really_started_on_linux(tmp_path: Path) -> None:
+    """The sink's early writeback must reach the kernel: it once looked for
+    os.sync_file_range, which Python does not have, and silently did nothing."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 300_000)
+        assert start_writeback(fd)
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    try:
+        assert not start_writeback(w)  # ESPIPE: refused, not raised
+    finally:
+        os.close(r)
+        os.close(w)
