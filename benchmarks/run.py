@@ -84,6 +84,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="storescp +B: write data sets as received instead of decoding and re-encoding",
     )
     p.add_argument("--workdir", type=Path, help="scratch space (default: a new temp dir)")
+    p.add_argument(
+        "--dest-dir",
+        type=Path,
+        metavar="DIR",
+        help="where every receiver (storescp, our acceptor) writes what it receives "
+        "(default: inside the workdir). On one machine the destination's writes share the "
+        "router's disk and slow its syncs; a tmpfs here (e.g. /dev/shm) keeps them apart "
+        "as a network would. Applies to the reference pair alike",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data, outputs and logs")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench-results")
     args = p.parse_args(argv)
@@ -359,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         storescp_extra=("--bit-preserving",) if args.bit_preserving else (),
         keep_logs=args.keep,
+        dest_dir=args.dest_dir,
     )
     results: list[RunResult] = []
     failures: list[dict[str, object]] = []
@@ -430,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             "large": [args.large, args.large_size],
             "pdu": args.pdu,
             "storescp_bit_preserving": args.bit_preserving,
+            "dest_dir": str(args.dest_dir) if args.dest_dir else None,
             "TCP_NODELAY": "1 for DCMTK peers (not for acceptor-nagle's sender)",
         },
         "git": {"before": git_before, "after": _git_state()},

@@ -69,6 +69,7 @@ class Settings:
     storescp_extra: tuple[str, ...] = ()
     python: str = sys.executable
     keep_logs: bool = False
+    dest_dir: Path | None = None  # where the instances received are written (--dest-dir)
 
 
 @dataclass
@@ -134,10 +135,22 @@ class RunDir:
         self.path.mkdir(parents=True)
         self.keep = settings.keep_logs
         self._logs: list[IO[bytes]] = []
+        self._dest_root = settings.dest_dir
+        self._outs: list[Path] = []
 
     def sub(self, name: str) -> Path:
         p = self.path / name
         p.mkdir()
+        return p
+
+    def out(self) -> Path:
+        """Where this run's receiver writes: under the run directory, or a new directory
+        under ``--dest-dir`` (removed with the run unless --keep)."""
+        if self._dest_root is None:
+            return self.sub("out")
+        p = self._dest_root / f"{self.path.name}-out"
+        p.mkdir(parents=True)
+        self._outs.append(p)
         return p
 
     def log(self, name: str) -> IO[bytes]:
@@ -157,6 +170,8 @@ class RunDir:
             f.close()
         if not self.keep:
             shutil.rmtree(self.path, ignore_errors=True)
+            for p in self._outs:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _count_files(directory: Path) -> int:
@@ -216,7 +231,7 @@ def _check_count(out: Path, expected: int, rd: RunDir, name: str) -> None:
 def run_dcmtk_pair(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     rd = RunDir(settings, "dcmtk-pair")
     try:
-        out = rd.sub("out")
+        out = rd.out()
         port = free_port()
         deadline = time.monotonic() + settings.timeout
         with running(_storescp(settings, rd, out, port)) as scp:
@@ -255,7 +270,7 @@ def _run_acceptor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: bo
     name = "acceptor" if nodelay else "acceptor-nagle"
     rd = RunDir(settings, name)
     try:
-        out = rd.sub("out")
+        out = rd.out()
         deadline = time.monotonic() + settings.timeout
         argv = [
             settings.python,
@@ -321,7 +336,7 @@ def run_acceptor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunRes
 def run_requestor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     rd = RunDir(settings, "requestor")
     try:
-        out = rd.sub("out")
+        out = rd.out()
         port = free_port()
         deadline = time.monotonic() + settings.timeout
         with running(_storescp(settings, rd, out, port)) as scp:
@@ -536,7 +551,7 @@ def _latency_from_files(acks: _AckTimes, inputs: InputSet, out: Path) -> tuple[f
 def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     rd = RunDir(settings, "router")
     try:
-        out = rd.sub("out")
+        out = rd.out()
         storage = rd.sub("storage")
         dest_port, port, http_port = free_port(), free_port(), free_port()
         cfg = rd.path / "router.yaml"

@@ -39,7 +39,6 @@ from router.dicom import (
     StoreRequest,
 )
 from router.metrics import Metrics
-from router.rules import RouteResult
 from router.store.queue import CommitResult, InstanceRecord, Queue, QueueClosed
 from router.store.spool import SpooledSink
 
@@ -55,7 +54,6 @@ class _Stored:
     """A committed instance, for the bookkeeping after its Success went out."""
 
     result: CommitResult
-    route: RouteResult
     size: int
 
 
@@ -93,7 +91,6 @@ class GuardedSink:
         "error",
         "inner",
         "outcome",
-        "status",
     )
 
     def __init__(
@@ -106,7 +103,6 @@ class GuardedSink:
     ) -> None:
         self.inner = inner
         self.error: OSError | None = None
-        self.status: int | None = None  # what finish_store answered
         self.outcome: _Stored | None = None  # what it stored, logged once answered
         self.digest = hashlib.blake2b(digest_size=20) if digest else None
         self._free_bytes = free_bytes
@@ -169,6 +165,26 @@ def _discard(
 
 def _text(value: Any) -> str:
     return str(value or "").strip("\x00 ")
+
+
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
+_STUDY_INSTANCE_UID = 0x0020000D
+
+
+def _uid(ds: Dataset, tag: int) -> str:
+    """A UID element's text straight from its raw bytes: pydicom's conversion (a
+    DataElement and a UID object per read) cost more than the rest of the header read."""
+    try:
+        elem = ds.get_item(tag)
+    except Exception:
+        return ""
+    if elem is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return _text(value)
 
 
 class Ingest(StoreHandler):
@@ -283,21 +299,19 @@ class Ingest(StoreHandler):
 
     async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Any) -> int:
         assert isinstance(sink, GuardedSink)
-        sink.status = await self._finish(info, req, sink)
-        return sink.status
+        status = await self._finish(info, req, sink)
+        self._metrics.store_response(status)
+        return status
 
     def store_answered(self, info: AssociationInfo, req: StoreRequest, sink: Any) -> None:
-        """Metrics and the ``stored`` line, once the peer has its response: they cost
-        about a tenth of a small instance's turn-around, which the sender would wait."""
+        """The ``stored`` line, once the peer has its response (the metrics are counted
+        before it, so a scrape after the Success sees them)."""
         assert isinstance(sink, GuardedSink)
-        if sink.status is not None:
-            self._metrics.store_response(sink.status)
         done = sink.outcome
         if done is None:
             return
         sink.outcome = None
-        result, route = done.result, done.route
-        self._metrics.instance_received(done.size)
+        result = done.result
         if result.dropped:
             logs.event(
                 log,
@@ -309,10 +323,6 @@ class Ingest(StoreHandler):
                 destinations=",".join(result.dropped),
             )
         if result.stored:
-            for m in route.matches:
-                self._metrics.rule_matched(m.name)
-            if not route.destinations:
-                self._metrics.unrouted_instances_total.inc()
             logs.event(
                 log,
                 logging.INFO,
@@ -349,7 +359,7 @@ class Ingest(StoreHandler):
             return _discard(
                 sink, info, req, Status.CANNOT_UNDERSTAND, "undecodable", error=type(e).__name__
             )
-        ds_uid = _text(ds.get("SOPInstanceUID"))
+        ds_uid = _uid(ds, _SOP_INSTANCE_UID)
         if ds_uid != req.sop_instance_uid:
             return _discard(
                 sink,
@@ -359,7 +369,7 @@ class Ingest(StoreHandler):
                 "sop_instance_uid_mismatch",
                 dataset_uid=ds_uid,
             )
-        ds_class = _text(ds.get("SOPClassUID"))
+        ds_class = _uid(ds, _SOP_CLASS_UID)
         if ds_class != req.sop_class_uid:
             return _discard(
                 sink,
@@ -375,7 +385,7 @@ class Ingest(StoreHandler):
             sop_class_uid=req.sop_class_uid,
             sop_instance_uid=req.sop_instance_uid,
             transfer_syntax=req.transfer_syntax,
-            study_instance_uid=_text(ds.get("StudyInstanceUID")) or None,
+            study_instance_uid=_uid(ds, _STUDY_INSTANCE_UID) or None,
             calling_ae=info.calling_ae,
             called_ae=info.called_ae,
             received_at=time.time(),
@@ -398,7 +408,14 @@ class Ingest(StoreHandler):
             )
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
-        guarded.outcome = _Stored(result, route, sink.size - sink.data_offset)
+        size = sink.size - sink.data_offset
+        self._metrics.instance_received(size)
+        if result.stored:
+            for m in route.matches:
+                self._metrics.rule_matched(m.name)
+            if not route.destinations:
+                self._metrics.unrouted_instances_total.inc()
+        guarded.outcome = _Stored(result, size)
         return Status.SUCCESS
 
 

@@ -28,6 +28,7 @@ from tests.faults.faultlib import (
     dataset,
     dest,
     down_port,
+    echo_ok,
     instance_count,
     make_router,
     partials,
@@ -149,6 +150,39 @@ def test_9_kill9_before_the_response(tmp_path: Path, when: str) -> None:
         assert not spool_files(router)
         if when == "mid_data_set":
             assert pacs.files() == []
+    finally:
+        pacs.stop()
+
+
+def test_sender_gone_before_the_response_the_instance_is_kept_and_logged(
+    tmp_path: Path,
+) -> None:
+    """A sender that resets the connection right after its last fragment: the data set
+    was complete, so it is committed and forwarded, and its ``stored`` line is written
+    although the Success could not be sent (the line is written after the response,
+    whether or not the response went out)."""
+    pacs = start_storescp(tmp_path / "pacs", "PACS")
+    try:
+        router = make_router(tmp_path, {"pacs": dest("PACS", pacs.port)})
+        uid = "1.2.826.0.1.3680043.8.498.901"
+        data = dataset(CT, uid)
+        with running(router):
+            peer = RawPeer(router.port)
+            peer.established()
+            peer.command(CT, uid)
+            peer.data(data)
+            peer.reset()
+            got = pacs.wait_files(1)
+            assert dataset_bytes(got[0]) == data
+
+            def stored_logged() -> bool:
+                return any(
+                    e.get("event") == "stored" and e.get("sop_instance_uid") == uid
+                    for e in _events(router.log())
+                )
+
+            wait_for(stored_logged, 10, "the stored line")
+            assert echo_ok(router.port)  # and the router goes on
     finally:
         pacs.stop()
 
