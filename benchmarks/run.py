@@ -8,6 +8,7 @@ Scenarios (default: all of them; --only picks, --skip leaves out):
   acceptor        storescu -> benchmarks.acceptor_server (router.dicom.Acceptor + FileSink)
   requestor       benchmarks.requestor_client (router.dicom.associate/c_store) -> storescp
   router          storescu -> `python -m router run` -> storescp (skipped until router.app exists)
+  router-ingest   storescu -> `python -m router run` with no rule: the durable ingest alone
   acceptor-nagle  storescu with Nagle on (no TCP_NODELAY) -> acceptor_server
 
 Each scenario runs K times per size, interleaved (the order rotates every round); the
