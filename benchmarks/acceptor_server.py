@@ -8,15 +8,22 @@ Prints `listening <port>` on stdout once it accepts connections; runs until SIGT
 from __future__ import annotations
 
 import argparse
-import inspect
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import anyio
 
-from router.dicom import Acceptor, AcceptorConfig, FileSink, Status, StoreHandler
+from router.dicom import (
+    Acceptor,
+    AcceptorConfig,
+    AssociationInfo,
+    FileSink,
+    Sink,
+    Status,
+    StoreHandler,
+    StoreRequest,
+)
 
 
 class WriteFiles(StoreHandler):
@@ -24,35 +31,31 @@ class WriteFiles(StoreHandler):
         super().__init__()
         self.directory = directory
 
-    def open_store(self, info: Any, req: Any) -> FileSink:
+    def open_store(self, info: AssociationInfo, req: StoreRequest) -> Sink:
         return FileSink(self.directory)
 
-    async def finish_store(self, info: Any, req: Any, sink: FileSink) -> int:
-        closed = sink.close()
-        if inspect.isawaitable(closed):
-            await closed
+    async def finish_store(self, info: AssociationInfo, req: StoreRequest, sink: Sink) -> int:
+        assert isinstance(sink, FileSink)
+        sink.close()
         return int(Status.SUCCESS)
 
 
 def _config(args: argparse.Namespace) -> AcceptorConfig:
-    wanted: dict[str, object] = {
-        "ae_title": args.ae,
-        "host": args.host,
-        "port": args.port,
-        "max_associations": 4,
-        "max_pdu_length": args.pdu,
-        "calling_ae_titles": None,
-        "check_called_ae": False,
-        "accept_unknown_sop_classes": False,
-        "acse_timeout": 30.0,
-        "network_timeout": 60.0,
-        "dimse_timeout": 60.0,
-        "ssl_context": None,
-        "tls_handshake_timeout": 10.0,
-    }
-    # Pass only what this version of AcceptorConfig takes (the API is young).
-    params = inspect.signature(AcceptorConfig).parameters
-    return AcceptorConfig(**{k: v for k, v in wanted.items() if k in params})
+    return AcceptorConfig(
+        ae_title=args.ae,
+        host=args.host,
+        port=args.port,
+        max_associations=4,
+        max_pdu_length=args.pdu,
+        calling_ae_titles=None,
+        check_called_ae=False,
+        accept_unknown_sop_classes=False,
+        acse_timeout=30.0,
+        network_timeout=60.0,
+        dimse_timeout=60.0,
+        ssl_context=None,
+        tls_handshake_timeout=10.0,
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:

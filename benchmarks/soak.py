@@ -18,6 +18,7 @@ Not in CI. Stdlib + the project's own dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -286,11 +287,11 @@ def pynetdicom_sender(
             datasets.append(ds)
         assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
         if assoc.is_established:
-            try:
-                sock = assoc.dul.socket.socket
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (AttributeError, OSError):
-                pass
+            wrapped = assoc.dul.socket
+            sock = wrapped.socket if wrapped is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         any_ok = False
         for ds in datasets:
             ok = False
