@@ -923,7 +923,6 @@ class _DbThread:
         self._call_in_loop = call_in_loop
         self._jobs: thread_queue.SimpleQueue[Any] = thread_queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="router-queue-db", daemon=True)
-        self.finished = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -973,7 +972,6 @@ class _DbThread:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self._core.conn.close()
-            self.finished.set()
 
 
 # ----------------------------------------------------------------------------- queue
