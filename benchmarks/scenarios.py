@@ -548,6 +548,22 @@ def _latency_from_files(acks: _AckTimes, inputs: InputSet, out: Path) -> tuple[f
     return qs[49], qs[98]
 
 
+def _spawn_router(settings: Settings, rd: RunDir, cfg: Path) -> subprocess.Popen[bytes]:
+    argv = [settings.python, "-m", "router", "run", "--config", str(cfg)]
+    return spawn(argv, env=py_env(), stdout=rd.log("router-out"), stderr=rd.log("router"))
+
+
+def _wait_ready(router: subprocess.Popen[bytes], rd: RunDir, http_port: int) -> None:
+    """Until /readyz answers 200 (the router has recovered and listens), at most 60 s."""
+    ready_by = time.monotonic() + 60
+    while _http_get(f"http://{HOST}:{http_port}/readyz")[0] != 200:
+        if router.poll() is not None:
+            raise BenchError(f"router exited with {router.returncode}:\n{rd.tail('router')}")
+        if time.monotonic() > ready_by:
+            raise BenchError(f"router not ready within 60 s:\n{rd.tail('router')}")
+        time.sleep(0.05)
+
+
 def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     rd = RunDir(settings, "router")
     try:
@@ -570,18 +586,9 @@ def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
         deadline = time.monotonic() + settings.timeout
         with running(_storescp(settings, rd, out, dest_port)) as scp:
             wait_listening(scp, dest_port, time.monotonic() + 20, "storescp")
-            argv = [settings.python, "-m", "router", "run", "--config", str(cfg)]
-            router = spawn(argv, env=py_env(), stdout=rd.log("router-out"), stderr=rd.log("router"))
+            router = _spawn_router(settings, rd, cfg)
             with running(router):
-                ready_by = time.monotonic() + 60
-                while _http_get(f"http://{HOST}:{http_port}/readyz")[0] != 200:
-                    if router.poll() is not None:
-                        raise BenchError(
-                            f"router exited with {router.returncode}:\n{rd.tail('router')}"
-                        )
-                    if time.monotonic() > ready_by:
-                        raise BenchError(f"router not ready within 60 s:\n{rd.tail('router')}")
-                    time.sleep(0.05)
+                _wait_ready(router, rd, http_port)
                 u0 = proc_usage(router.pid)
                 t0 = time.perf_counter()
                 scu = spawn(
@@ -675,17 +682,9 @@ def run_router_ingest(settings: Settings, inputs: InputSet, rnd: int) -> RunResu
                 pdu=settings.pdu,
             )
         )
-        argv = [settings.python, "-m", "router", "run", "--config", str(cfg)]
-        router = spawn(argv, env=py_env(), stdout=rd.log("router-out"), stderr=rd.log("router"))
+        router = _spawn_router(settings, rd, cfg)
         with running(router):
-            ready_by = time.monotonic() + 60
-            while _http_get(f"http://{HOST}:{http_port}/readyz")[0] != 200:
-                if router.poll() is not None:
-                    why = rd.tail("router")
-                    raise BenchError(f"router exited with {router.returncode}:\n{why}")
-                if time.monotonic() > ready_by:
-                    raise BenchError(f"router not ready within 60 s:\n{rd.tail('router')}")
-                time.sleep(0.05)
+            _wait_ready(router, rd, http_port)
             u0 = proc_usage(router.pid)
             t0 = time.perf_counter()
             scu = spawn(
