@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
@@ -109,6 +109,30 @@ class RunResult:
 
 def _mib(kib: int) -> float:
     return kib / 1024
+
+
+def _result(
+    scenario: str,
+    inputs: InputSet,
+    rnd: int,
+    wall: float,
+    ours: tuple[Usage, Usage] | None,
+    peers: Sequence[Usage],
+) -> RunResult:
+    """One run's figures: ``ours`` is our process's usage (at the start, at the end),
+    None when the run has no process of ours; ``peers`` the DCMTK processes'."""
+    return RunResult(
+        scenario=scenario,
+        size=inputs.name,
+        round=rnd,
+        instances=inputs.count,
+        bytes=inputs.total_bytes,
+        wall_s=wall,
+        cpu_ours_s=None if ours is None else ours[1].cpu_s - ours[0].cpu_s,
+        cpu_peers_s=sum(u.cpu_s for u in peers),
+        peak_rss_ours_mib=None if ours is None else _mib(ours[1].peak_rss_kib),
+        peak_rss_peers_mib=_mib(max(u.peak_rss_kib for u in peers)),
+    )
 
 
 def dcmtk_env(nodelay: bool = True) -> dict[str, str]:
@@ -247,18 +271,7 @@ def run_dcmtk_pair(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
             u_scp = proc_usage(scp.pid)
         _check_sender(scu, rd, "storescu")
         _check_count(out, inputs.count, rd, "storescp")
-        return RunResult(
-            scenario="dcmtk-pair",
-            size=inputs.name,
-            round=rnd,
-            instances=inputs.count,
-            bytes=inputs.total_bytes,
-            wall_s=wall,
-            cpu_ours_s=None,
-            cpu_peers_s=u_scu.cpu_s + u_scp.cpu_s,
-            peak_rss_ours_mib=None,
-            peak_rss_peers_mib=_mib(max(u_scu.peak_rss_kib, u_scp.peak_rss_kib)),
-        )
+        return _result("dcmtk-pair", inputs, rnd, wall, None, (u_scu, u_scp))
     finally:
         rd.close()
 
@@ -305,18 +318,7 @@ def _run_acceptor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: bo
                 raise BenchError(f"acceptor_server died ({srv.returncode}):\n{rd.tail('acceptor')}")
         _check_sender(scu, rd, "storescu")
         _check_count(out, inputs.count, rd, "acceptor")
-        return RunResult(
-            scenario=name,
-            size=inputs.name,
-            round=rnd,
-            instances=inputs.count,
-            bytes=inputs.total_bytes,
-            wall_s=wall,
-            cpu_ours_s=u1.cpu_s - u0.cpu_s,
-            cpu_peers_s=u_scu.cpu_s,
-            peak_rss_ours_mib=_mib(u1.peak_rss_kib),
-            peak_rss_peers_mib=_mib(u_scu.peak_rss_kib),
-        )
+        return _result(name, inputs, rnd, wall, (u0, u1), (u_scu,))
     finally:
         rd.close()
 
@@ -382,18 +384,7 @@ def run_requestor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
             u_scp = proc_usage(scp.pid)
         _check_sender(cli, rd, "requestor")
         _check_count(out, inputs.count, rd, "storescp")
-        return RunResult(
-            scenario="requestor",
-            size=inputs.name,
-            round=rnd,
-            instances=inputs.count,
-            bytes=inputs.total_bytes,
-            wall_s=wall,
-            cpu_ours_s=u_cli.cpu_s - u0.cpu_s,
-            cpu_peers_s=u_scp.cpu_s,
-            peak_rss_ours_mib=_mib(u_cli.peak_rss_kib),
-            peak_rss_peers_mib=_mib(u_scp.peak_rss_kib),
-        )
+        return _result("requestor", inputs, rnd, wall, (u0, u_cli), (u_scp,))
     finally:
         rd.close()
 
@@ -623,18 +614,7 @@ def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
                     u_scu = reap(scu, time.monotonic() + 30, "storescu")
                 acks.join(5)
                 status, metrics = _http_get(f"http://{HOST}:{http_port}/metrics", timeout=5)
-        result = RunResult(
-            scenario="router",
-            size=inputs.name,
-            round=rnd,
-            instances=inputs.count,
-            bytes=inputs.total_bytes,
-            wall_s=wall,
-            cpu_ours_s=u1.cpu_s - u0.cpu_s,
-            cpu_peers_s=u_scu.cpu_s + u_scp.cpu_s,
-            peak_rss_ours_mib=_mib(u1.peak_rss_kib),
-            peak_rss_peers_mib=_mib(max(u_scu.peak_rss_kib, u_scp.peak_rss_kib)),
-        )
+        result = _result("router", inputs, rnd, wall, (u0, u1), (u_scu, u_scp))
         qs = histogram_quantiles(metrics, (0.5, 0.99)) if status == 200 else None
         if qs is not None:
             result.latency_p50_s, result.latency_p99_s = qs
@@ -700,18 +680,7 @@ def run_router_ingest(settings: Settings, inputs: InputSet, rnd: int) -> RunResu
         kept = _metric_total(metrics, "dicom_router_unrouted_instances_total")
         if kept != inputs.count:
             raise BenchError(f"router kept {kept} of {inputs.count} instances")
-        return RunResult(
-            scenario="router-ingest",
-            size=inputs.name,
-            round=rnd,
-            instances=inputs.count,
-            bytes=inputs.total_bytes,
-            wall_s=wall,
-            cpu_ours_s=u1.cpu_s - u0.cpu_s,
-            cpu_peers_s=u_scu.cpu_s,
-            peak_rss_ours_mib=_mib(u1.peak_rss_kib),
-            peak_rss_peers_mib=_mib(u_scu.peak_rss_kib),
-        )
+        return _result("router-ingest", inputs, rnd, wall, (u0, u1), (u_scu,))
     finally:
         rd.close()
 
