@@ -10,6 +10,7 @@ Scenarios (default: all of them; --only picks, --skip leaves out):
   router          storescu -> `python -m router run` -> storescp (skipped until router.app exists)
   router-ingest   storescu -> `python -m router run` with no rule: the durable ingest alone
   acceptor-nagle  storescu with Nagle on (no TCP_NODELAY) -> acceptor_server
+  requestor-nagle benchmarks.requestor_client -> storescp with Nagle on (no TCP_NODELAY)
 
 Each scenario runs K times per size, interleaved (the order rotates every round); the
 table shows medians and each scenario's rate as a ratio of the dcmtk-pair median of the
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             "pdu": args.pdu,
             "storescp_bit_preserving": args.bit_preserving,
             "dest_dir": str(args.dest_dir) if args.dest_dir else None,
-            "TCP_NODELAY": "1 for DCMTK peers (not for acceptor-nagle's sender)",
+            "TCP_NODELAY": "1 for DCMTK peers, but for the -nagle scenarios' DCMTK peer",
         },
         "git": {"before": git_before, "after": _git_state()},
         "skipped": skipped,

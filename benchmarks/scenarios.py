@@ -203,7 +203,9 @@ def _count_files(directory: Path) -> int:
         return sum(1 for e in it if not e.name.startswith("."))
 
 
-def _storescp(settings: Settings, rd: RunDir, out: Path, port: int) -> subprocess.Popen[bytes]:
+def _storescp(
+    settings: Settings, rd: RunDir, out: Path, port: int, *, nodelay: bool = True
+) -> subprocess.Popen[bytes]:
     argv = [
         "storescp",
         "--aetitle",
@@ -216,7 +218,7 @@ def _storescp(settings: Settings, rd: RunDir, out: Path, port: int) -> subproces
         *settings.storescp_extra,
         str(port),
     ]
-    return spawn(argv, env=dcmtk_env(), stderr=rd.log("storescp"))
+    return spawn(argv, env=dcmtk_env(nodelay), stderr=rd.log("storescp"))
 
 
 def _storescu_argv(
@@ -335,13 +337,14 @@ def run_acceptor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunRes
 # --- requestor: our associate()/c_store -> storescp ----------------------------------------
 
 
-def run_requestor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
-    rd = RunDir(settings, "requestor")
+def _run_requestor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: bool) -> RunResult:
+    name = "requestor" if nodelay else "requestor-nagle"
+    rd = RunDir(settings, name)
     try:
         out = rd.out()
         port = free_port()
         deadline = time.monotonic() + settings.timeout
-        with running(_storescp(settings, rd, out, port)) as scp:
+        with running(_storescp(settings, rd, out, port, nodelay=nodelay)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")
             argv = [
                 settings.python,
@@ -384,9 +387,20 @@ def run_requestor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
             u_scp = proc_usage(scp.pid)
         _check_sender(cli, rd, "requestor")
         _check_count(out, inputs.count, rd, "storescp")
-        return _result("requestor", inputs, rnd, wall, (u0, u_cli), (u_scp,))
+        return _result(name, inputs, rnd, wall, (u0, u_cli), (u_scp,))
     finally:
         rd.close()
+
+
+def run_requestor(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    return _run_requestor(settings, inputs, rnd, nodelay=True)
+
+
+def run_requestor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    """A destination that keeps Nagle on (DCMTK's default without TCP_NODELAY=1, so many
+    PACS): storescp without TCP_NODELAY. Without quick ACKs from our side, each response
+    waits for the delayed-ACK timer (about 40 ms)."""
+    return _run_requestor(settings, inputs, rnd, nodelay=False)
 
 
 # --- router: storescu -> python -m router run -> storescp ------------------------------
@@ -704,6 +718,7 @@ SCENARIOS: dict[str, Runner] = {
     "router": run_router,
     "router-ingest": run_router_ingest,
     "acceptor-nagle": run_acceptor_nagle,
+    "requestor-nagle": run_requestor_nagle,
 }
 DEFAULT_SCENARIOS = (
     "dcmtk-pair",
@@ -712,12 +727,14 @@ DEFAULT_SCENARIOS = (
     "router",
     "router-ingest",
     "acceptor-nagle",
+    "requestor-nagle",
 )
 TARGETS: dict[str, float] = {
     "acceptor": 0.9,
     "requestor": 0.9,
     "router": 0.8,
     "acceptor-nagle": 0.9,
+    "requestor-nagle": 0.9,
 }
 RSS_LIMIT_MIB = 100.0
 

@@ -22,11 +22,15 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, step: fl
 
 
 @asynccontextmanager
-async def storescp(port: int, outdir: Path, *extra: str) -> AsyncIterator[anyio.abc.Process]:
-    """DCMTK storescp (TCP_NODELAY=1) on ``port`` writing into ``outdir``."""
+async def storescp(
+    port: int, outdir: Path, *extra: str, nodelay: bool = True
+) -> AsyncIterator[anyio.abc.Process]:
+    """DCMTK storescp on ``port`` writing into ``outdir``; with TCP_NODELAY=1 unless
+    ``nodelay`` is false (DCMTK's own default: Nagle on, as in many PACS)."""
     outdir.mkdir(parents=True, exist_ok=True)
+    env = DCMTK_ENV if nodelay else {k: v for k, v in DCMTK_ENV.items() if k != "TCP_NODELAY"}
     proc = await anyio.open_process(
-        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)], env=DCMTK_ENV
+        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)], env=env
     )
 
     async def accepts() -> bool:

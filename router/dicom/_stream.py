@@ -203,7 +203,12 @@ class PduStream:
     `network_timeout` bounds the rest of a PDU once its first byte has arrived (the
     whole of it, not each receive), so a peer that stalls in the middle of a PDU, or
     trickles it a byte at a time (slow-loris), is timed out like one that stalls
-    between PDUs. It bounds a send too (a peer that stops reading)."""
+    between PDUs. It bounds a send too (a peer that stops reading).
+
+    On Linux the socket is kept in quick-ACK mode (``quickack``): DIMSE is strictly
+    request/response, and a peer with Nagle on (DCMTK's default) holds the rest of a
+    PDU until its first segment is ACKed, so every delayed ACK (~40 ms) would stall a
+    C-STORE in either direction."""
 
     __slots__ = (
         "_buf",
@@ -217,7 +222,7 @@ class PduStream:
     )
 
     def __init__(
-        self, stream: ByteStream, network_timeout: float | None, quickack: bool = False
+        self, stream: ByteStream, network_timeout: float | None, quickack: bool = True
     ) -> None:
         self.stream = stream
         self.network_timeout = network_timeout

@@ -211,7 +211,7 @@ class Acceptor:
                 self._protocol_error("tls_handshake")
                 return
 
-        ps = PduStream(stream, cfg.network_timeout, quickack=True)
+        ps = PduStream(stream, cfg.network_timeout)
         machine = Machine(State.AWAIT_RQ)
         peer = f"{host}:{port}"
         # 1. the A-ASSOCIATE-RQ, within the ARTIM time

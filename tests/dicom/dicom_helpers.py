@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import pytest
 
 from router.dicom import (
     Acceptor,
@@ -116,11 +117,30 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> No
     await until(predicate, timeout)
 
 
-async def run_tool(args: Sequence[str], timeout: float = 60) -> tuple[int, str]:
-    """Run a DCMTK tool with TCP_NODELAY=1; return (exit code, stdout+stderr)."""
+async def run_tool(
+    args: Sequence[str], timeout: float = 60, *, nodelay: bool = True
+) -> tuple[int, str]:
+    """Run a DCMTK tool with TCP_NODELAY=1 (or, ``nodelay=False``, with DCMTK's own
+    default: Nagle on); return (exit code, stdout+stderr)."""
+    env = DCMTK_ENV if nodelay else {k: v for k, v in DCMTK_ENV.items() if k != "TCP_NODELAY"}
     with anyio.fail_after(timeout):
-        r = await anyio.run_process(list(args), check=False, env=DCMTK_ENV)
+        r = await anyio.run_process(list(args), check=False, env=env)
     return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def delayed_acks() -> int:
+    """Linux's count of delayed ACKs sent (TcpExt DelayedACKs, per network namespace;
+    the suite runs serially). A Nagle-on peer waits for each of them (~40 ms)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["DelayedACKs"])
+    raise AssertionError("no TcpExt in /proc/net/netstat")
+
+
+needs_tcp_counters = pytest.mark.skipif(
+    not Path("/proc/net/netstat").exists(), reason="Linux's TCP counters are needed"
+)
 
 
 def free_port() -> int:

@@ -13,8 +13,10 @@ import pytest
 from dicom_helpers import (
     RecordingHandler,
     config,
+    delayed_acks,
     echo,
     free_port,
+    needs_tcp_counters,
     run_tool,
     running,
     wait_for,
@@ -164,6 +166,25 @@ async def test_storescu_many_on_one_association(
     for f, got in zip(files, handler.stored, strict=True):
         _meta, offset = split_dataset(f)
         assert got.path.read_bytes() == f.read_bytes()[offset:]
+
+
+@needs_tcp_counters
+async def test_we_ack_at_once_so_a_nagle_on_sender_does_not_stall(
+    dcmtk: Path, handler: RecordingHandler, tmp_path: Path
+) -> None:
+    """storescu without TCP_NODELAY (DCMTK's default) sends the data set only once its
+    small command PDU is ACKed: with delayed ACKs from us, one ~40 ms wait per C-STORE."""
+    files = write_many(tmp_path / "src", 12, size=20_000)
+    async with running(Acceptor(config(), handler)) as port:
+        before = delayed_acks()
+        rc, out = await run_tool(
+            ["storescu", "-aec", "ROUTER", "127.0.0.1", str(port)] + [str(f) for f in files],
+            nodelay=False,
+        )
+        delayed = delayed_acks() - before
+        assert rc == 0, out
+    assert len(handler.stored) == len(files)
+    assert delayed < len(files) // 2, f"{delayed} delayed ACKs for {len(files)} C-STOREs"
 
 
 async def test_several_associations_at_once(

@@ -13,7 +13,9 @@ from dicom_helpers import (
     VERIFICATION,
     RecordingHandler,
     config,
+    delayed_acks,
     free_port,
+    needs_tcp_counters,
     running,
     wait_for,
 )
@@ -82,6 +84,37 @@ async def test_store_to_storescp(dcmtk: Path, tmp_path: Path) -> None:
         (got,) = out.glob(f"*{sop_instance}*")
         _meta, got_offset = split_dataset(got)
         assert got.read_bytes()[got_offset:] == f.read_bytes()[offset:]
+
+
+@needs_tcp_counters
+async def test_we_ack_at_once_so_a_nagle_on_destination_does_not_stall(
+    dcmtk: Path, tmp_path: Path
+) -> None:
+    """DCMTK without TCP_NODELAY (its default) holds the rest of each response until
+    its first segment is ACKed; when our kernel delays that ACK (~40 ms), every C-STORE
+    waits for the timer: 22 instances/s. Counted without timing: the kernel's delayed
+    ACKs (one per C-STORE without quick ACKs, none with them here)."""
+    files = write_many(tmp_path / "src", 12, size=20000)
+    out = tmp_path / "out"
+    port = free_port()
+    async with (
+        storescp(port, out, nodelay=False),
+        associate(
+            "127.0.0.1",
+            port,
+            calling_ae="ROUTER",
+            called_ae="STORESCP",
+            contexts=[(CT, [EXPLICIT])],
+        ) as assoc,
+    ):
+        before = delayed_acks()
+        for f in files:
+            sop_class, sop_instance, ts, offset = source(f)
+            rsp = await assoc.c_store(sop_class, sop_instance, ts, f, offset=offset)
+            assert rsp.status == 0
+        delayed = delayed_acks() - before
+    assert delayed < len(files) // 2, f"{delayed} delayed ACKs for {len(files)} C-STOREs"
+    assert len(list(out.iterdir())) == len(files)
 
 
 async def test_no_presentation_context(dcmtk: Path, tmp_path: Path) -> None:
