@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -42,6 +43,7 @@ from benchmarks.scenarios import (
     RSS_LIMIT_MIB,
     SCENARIOS,
     TARGETS,
+    TRASH,
     InputSet,
     RunResult,
     Settings,
@@ -121,6 +123,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.small < 0 or args.large < 0 or args.small + args.large == 0:
         p.error("--small and --large must be >= 0 and not both 0")
     return args
+
+
+def _room_to_defer_cleanup(
+    workdir: Path, args: argparse.Namespace, inputs: list[InputSet], scenarios: int
+) -> bool:
+    """Whether every run's files (at most twice its input: a router's spool and its
+    destination's copy) fit beside the free space kept, with 2 GB to spare; else each
+    run is deleted at once (and the next run may pay for it, see RunDir.close)."""
+    need = 2 * args.runs * scenarios * sum(i.total_bytes for i in inputs) + 2 * 10**9
+    roots = [workdir] + ([args.dest_dir] if args.dest_dir is not None else [])
+    room = all(shutil.disk_usage(r).free > need for r in roots)
+    progress(
+        "finished runs are moved aside and deleted at the end"
+        if room
+        else f"less than {need / 1e9:.1f} GB free: each run is deleted at once"
+    )
+    return room
 
 
 def progress(msg: str) -> None:
@@ -378,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = make_inputs(workdir, args)
         total = args.runs * len(inputs) * len(scenarios)
+        settings = dataclasses.replace(
+            settings, defer_cleanup=_room_to_defer_cleanup(workdir, args, inputs, len(scenarios))
+        )
         n = 0
         for rnd in range(1, args.runs + 1):
             for inp in inputs:
@@ -408,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         progress("interrupted: stopping children, reporting what was measured")
     finally:
         kill_all()
+        for root in (workdir, args.dest_dir):
+            if root is not None:
+                shutil.rmtree(root / TRASH, ignore_errors=True)
         if own_workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         elif args.keep:
@@ -443,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             "pdu": args.pdu,
             "storescp_bit_preserving": args.bit_preserving,
             "dest_dir": str(args.dest_dir) if args.dest_dir else None,
+            "cleanup_deferred_to_the_end": settings.defer_cleanup,
             "TCP_NODELAY": "1 for DCMTK peers, but for the -nagle scenarios' DCMTK peer",
         },
         "git": {"before": git_before, "after": _git_state()},

@@ -70,6 +70,11 @@ class Settings:
     python: str = sys.executable
     keep_logs: bool = False
     dest_dir: Path | None = None  # where the instances received are written (--dest-dir)
+    # move finished runs aside instead of deleting them (see RunDir.close)
+    defer_cleanup: bool = False
+
+
+TRASH = ".trash"
 
 
 @dataclass
@@ -161,6 +166,7 @@ class RunDir:
         self._logs: list[IO[bytes]] = []
         self._dest_root = settings.dest_dir
         self._outs: list[Path] = []
+        self._trash = settings.workdir / TRASH if settings.defer_cleanup else None
 
     def sub(self, name: str) -> Path:
         p = self.path / name
@@ -190,12 +196,25 @@ class RunDir:
         return "\n".join(text.splitlines()[-lines:])
 
     def close(self) -> None:
+        """Remove the run's files, or with ``defer_cleanup`` move them aside (a rename) to
+        be removed after the last run: on ext4 without a journal, creating a file right
+        after thousands were deleted scans their inodes (measured here: the DCMTK pair
+        ran 25-35% slower in the 30 s after a previous run's 5000 files were deleted),
+        so a run would pay for the cleanup of the one before it."""
         for f in self._logs:
             f.close()
-        if not self.keep:
-            shutil.rmtree(self.path, ignore_errors=True)
-            for p in self._outs:
-                shutil.rmtree(p, ignore_errors=True)
+        if self.keep:
+            return
+        for p in (self.path, *self._outs):
+            if self._trash is not None:
+                trash = p.parent / TRASH if p in self._outs else self._trash
+                try:
+                    trash.mkdir(exist_ok=True)
+                    p.rename(trash / p.name)
+                    continue
+                except OSError:
+                    pass
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _count_files(directory: Path) -> int:
