@@ -16,6 +16,7 @@ from anyio.streams.stapled import StapledByteStream
 from router.dicom import _stream
 from router.dicom._stream import PduStream, PeerClosed
 from router.dicom.errors import DicomTimeout, PduTooLarge
+from tests.async_peers import until
 
 pytestmark = pytest.mark.anyio
 
@@ -100,8 +101,8 @@ async def test_data_received_before_taking_over_is_kept() -> None:
     async with tcp_pair() as (client, server):
         first, second = make_pdu(1, b"x" * 100), make_pdu(5, b"\0" * 4)
         await client.send(first + second)
-        await anyio.sleep(0.2)  # an accepted stream reads from the start: anyio queued it
-        assert server._protocol.read_queue  # type: ignore[attr-defined]
+        # an accepted stream reads from the start: anyio queues what arrives
+        await until(lambda: server._protocol.read_queue, 5)  # type: ignore[attr-defined]
         ps = PduStream(server, network_timeout=5)
         assert ps._rx is not None
         assert [bytes((await ps.read_pdu(1 << 16, 5))[1]) for _ in range(2)] == [first, second]
@@ -174,7 +175,8 @@ async def test_unread_data_is_bounded() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(flood)
-            await anyio.sleep(0.5)
+            await until(lambda: rx.read_paused, 5)
+            await anyio.sleep(0.2)  # the flood goes on: nothing more may be buffered
             assert rx.read_paused
             assert rx.end - rx.start <= _stream.HIGH_WATER + _stream.CHUNK_SIZE
             # and reading resumes as PDUs are consumed
