@@ -14,6 +14,12 @@ import anyio.abc
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+def dcmtk_env(nodelay: bool = True) -> dict[str, str]:
+    """The environment for a DCMTK tool: TCP_NODELAY=1, or without it DCMTK's own
+    default (Nagle on, as in many hospital peers)."""
+    return DCMTK_ENV if nodelay else {k: v for k, v in DCMTK_ENV.items() if k != "TCP_NODELAY"}
+
+
 async def until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.01) -> None:
     """Poll ``predicate()`` until it is true; TimeoutError after ``timeout`` seconds."""
     with anyio.fail_after(timeout):
@@ -28,9 +34,9 @@ async def storescp(
     """DCMTK storescp on ``port`` writing into ``outdir``; with TCP_NODELAY=1 unless
     ``nodelay`` is false (DCMTK's own default: Nagle on, as in many PACS)."""
     outdir.mkdir(parents=True, exist_ok=True)
-    env = DCMTK_ENV if nodelay else {k: v for k, v in DCMTK_ENV.items() if k != "TCP_NODELAY"}
     proc = await anyio.open_process(
-        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)], env=env
+        ["storescp", "-aet", "STORESCP", "-od", str(outdir), *extra, str(port)],
+        env=dcmtk_env(nodelay),
     )
 
     async def accepts() -> bool:

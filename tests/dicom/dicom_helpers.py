@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -24,10 +23,9 @@ from router.dicom import (
     StoreRequest,
     associate,
 )
-from tests.async_peers import until
+from tests.async_peers import dcmtk_env, until
 
 VERIFICATION = "1.2.840.10008.1.1"
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 @dataclass
@@ -122,9 +120,8 @@ async def run_tool(
 ) -> tuple[int, str]:
     """Run a DCMTK tool with TCP_NODELAY=1 (or, ``nodelay=False``, with DCMTK's own
     default: Nagle on); return (exit code, stdout+stderr)."""
-    env = DCMTK_ENV if nodelay else {k: v for k, v in DCMTK_ENV.items() if k != "TCP_NODELAY"}
     with anyio.fail_after(timeout):
-        r = await anyio.run_process(list(args), check=False, env=env)
+        r = await anyio.run_process(list(args), check=False, env=dcmtk_env(nodelay))
     return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
 
 
