@@ -12,7 +12,7 @@ from router.rules.context import RuleContext
 from router.rules.engine import Always
 from router.rules.matches import parse_match
 from router.rules.model import Condition, Rule
-from router.yamlsrc import NULL_TAG, kind, line_of, mapping_items, scalar_value, suggest
+from router.yamlsrc import NULL_TAG, is_null, kind, line_of, mapping_items, scalar_value, suggest
 
 __all__ = ["RULE_KEYS", "parse_rule"]
 
@@ -98,7 +98,7 @@ def parse_rule(node: yaml.Node, where: str, file: str, ctx: RuleContext) -> Rule
     tags: set[int] = set()
     if "match" in entries:
         vn = entries["match"][1]
-        if isinstance(vn, yaml.ScalarNode) and vn.tag == NULL_TAG:
+        if is_null(vn):
             pass  # `match:` with nothing: every instance, like no match at all
         else:
             parsed = parse_match(vn, f"{where}.match", file, ctx, tags)
@@ -138,7 +138,7 @@ def _parse_forward(
         return ()
     vn = entry[1]
     items: list[yaml.Node]
-    if isinstance(vn, yaml.ScalarNode) and vn.tag == NULL_TAG:
+    if is_null(vn):
         items = []
     elif isinstance(vn, yaml.ScalarNode):
         items = [vn]

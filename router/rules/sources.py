@@ -21,14 +21,14 @@ from router.rules.context import RuleContext
 from router.rules.definition import parse_rule
 from router.rules.engine import RuleEngine
 from router.rules.model import Rule
-from router.yamlsrc import NULL_TAG, STR_TAG, compose_text, kind, load_yaml, mapping_items
+from router.yamlsrc import STR_TAG, compose_text, is_null, kind, load_yaml, mapping_items
 
 __all__ = ["compile_rules", "load_rules_file", "parse_rules_node"]
 
 
 def parse_rules_node(node: yaml.Node | None, file: str, ctx: RuleContext) -> list[Rule]:
     """The value of ``rules:`` in the config: an inline list, or a path/glob."""
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG):
+    if node is None or is_null(node):
         return []
     if isinstance(node, yaml.ScalarNode):
         return _include(str(node.value), node, file, ctx)
@@ -109,7 +109,7 @@ def load_rules_file(path: Path, display: str, ctx: RuleContext) -> list[Rule]:
                 "or a mapping with the single key 'rules'",
             )
             return []
-    if isinstance(items, yaml.ScalarNode) and items.tag == NULL_TAG:
+    if is_null(items):
         return []
     if not isinstance(items, yaml.SequenceNode):
         ctx.problem(display, items, f"expected a list of rules, got {kind(items)}")
