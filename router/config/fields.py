@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from router.config.units import parse_duration, parse_size
 from router.dicom import uids
+from router.syntaxes import TARGET_ORDER
 
 __all__ = [
     "AETitle",
@@ -117,8 +118,6 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
 
 def _transfer_syntax(value: object) -> str:
     """A lossless target syntax by UID, keyword (ExplicitVRLittleEndian) or name."""
-    from router.syntaxes import TARGET_ORDER
-
     if not isinstance(value, str) or not value.strip():
         raise custom("transfer_syntax", f"{value!r} is not a transfer syntax")
     text = value.strip()

@@ -1,4 +1,4 @@
-"""Rule semantics (design.md "Rule semantics"), table-driven."""
+"""Rule semantics (README, "Rules"), table-driven."""
 
 from __future__ import annotations
 
