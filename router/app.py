@@ -28,8 +28,8 @@ from router.forward.worker import Forwarder
 from router.http import HttpServer
 from router.ingest import Ingest
 from router.metrics import Metrics, QueueSnapshot, disk_free_bytes
+from router.problems import ConfigError
 from router.reload import ConfigWatcher, keep_restart_only, runtime_problems, watched_paths
-from router.rules.model import ConfigError
 from router.store.queue import Queue
 from router.tls import server_context
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from router import __version__
-from router.config import Config, check, default_config_path, explain_file, load_config
-from router.rules.model import ConfigError
+from router.config import Config, check, default_config_path, load_config
+from router.problems import ConfigError
+from router.rules.explain import explain_file
 from router.store.queue import STATES
 
 

@@ -24,7 +24,7 @@ import anyio
 
 from router import logs
 from router.config import Config
-from router.rules.model import Problem
+from router.problems import Problem
 from router.tls import client_context
 
 log = logging.getLogger("router.reload")

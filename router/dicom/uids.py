@@ -136,7 +136,14 @@ def _by_keyword() -> dict[str, str]:
 
 @cache
 def _by_name() -> dict[str, str]:
-    return {n.lower(): uid for uid in _registry() if (n := name(uid))}
+    # A few current storage classes share their name with a retired one (Ultrasound Image
+    # Storage is 1.2.840.10008.5.1.4.1.1.6.1 and, retired, ...6): the name means the
+    # current class, whatever order the registry set iterates in.
+    out: dict[str, str] = {}
+    for uid in sorted(_registry(), key=lambda u: (UID(u).is_retired, u)):
+        if n := name(uid):
+            out.setdefault(n.lower(), uid)
+    return out
 
 
 def lookup(text: str) -> str | None:

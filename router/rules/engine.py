@@ -15,10 +15,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
 from pydicom.multival import ConstrainedList
 
+from router.dicom import uids
 from router.rules.model import Condition, RouteResult, Rule, RuleMatch
 
 if TYPE_CHECKING:
@@ -108,8 +108,7 @@ def _number(c: Any) -> float | None:
 
 def uid_label(uid: str) -> str:
     """``1.2.840.10008.5.1.4.1.1.2 (CT Image Storage)``, or the UID alone."""
-    entry = UID_dictionary.get(uid)
-    return f"{uid} ({entry[0]})" if entry else uid
+    return uids.label(uid)
 
 
 def _show(comps: tuple[Any, ...], uid: bool) -> str:

@@ -1,41 +1,17 @@
-"""Data model shared by config loading and rules: problems, rules, route results.
+"""Data model of compiled rules: conditions, rules, route results.
 
-Everything here is immutable. A :class:`Problem` is one readable line for an operator
-(``router.yaml:14: destinations.pacs.port: 70000 is not a port (1-65535)``); a
-:class:`ConfigError` carries every problem found in one load, so ``check`` can list them
-all at once instead of making the operator fix them one by one.
+Everything here is immutable, so a compiled rule set can be shared by every association
+and swapped whole on reload. Problems found while parsing are
+:class:`router.problems.Problem`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong in a config or rule file: where it is, and how to fix it."""
-
-    file: str
-    line: int | None  # 1-based; None when no single line is to blame
-    message: str
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return f"{self.file}: {self.message}"
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The config or its rules are invalid; ``problems`` lists every problem found."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class Condition(Protocol):

@@ -12,11 +12,11 @@ from router.config import (
     ConfigError,
     check,
     default_config_path,
-    explain_file,
     load_config,
     parse_duration,
     parse_size,
 )
+from router.rules.explain import explain_file
 from router.samples import write_dataset
 
 MINIMAL = """\

@@ -1,4 +1,4 @@
-"""Rule semantics (design.md "Rule semantics"), table-driven."""
+"""Rule semantics (README, "Rules"), table-driven."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+)
+from pynetdicom import AllStoragePresentationContexts
 
 from router.rules import RouteResult, RuleEngine, compile_rules
 from router.samples import write_dataset
@@ -187,6 +194,50 @@ def test_uid_forms_match_ct(value: str) -> None:
 )
 def test_uid_forms_do_not_match_mr(value: str) -> None:
     assert not matches(f"{{SOPClassUID: {value}}}", SOPClassUID=MR)
+
+
+# Every storage SOP class pynetdicom offers and every transfer syntax pydicom publishes,
+# named the three ways a rule may name it (a name starting with a digit, such as
+# "12-lead ECG Waveform Storage", reads as a dotted UID: write its keyword).
+_NAMED_UIDS = sorted(
+    {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    | {str(ts) for ts in AllTransferSyntaxes}
+)
+
+
+@pytest.mark.parametrize("uid", _NAMED_UIDS)
+def test_every_storage_class_and_syntax_is_named_by_keyword_and_name(uid: str) -> None:
+    u = UID(uid)
+    forms = [u.keyword, u.name, u.name.lower()]
+    for form in (f for f in forms if f and not f[0].isdigit()):
+        assert matches(f"{{SOPClassUID: '{form}'}}", SOPClassUID=uid), form
+        assert not matches(f"{{SOPClassUID: '{form}'}}", SOPClassUID="1.2.3.4"), form
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "retired"),
+    [
+        ("Ultrasound Image Storage", "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6"),
+        (
+            "Ultrasound Multi-frame Image Storage",
+            "1.2.840.10008.5.1.4.1.1.3.1",
+            "1.2.840.10008.5.1.4.1.1.3",
+        ),
+        (
+            "Nuclear Medicine Image Storage",
+            "1.2.840.10008.5.1.4.1.1.20",
+            "1.2.840.10008.5.1.4.1.1.5",
+        ),
+    ],
+)
+def test_a_name_shared_with_a_retired_class_means_the_current_one(
+    name: str, current: str, retired: str
+) -> None:
+    assert matches(f"{{SOPClassUID: {name}}}", SOPClassUID=current)
+    assert not matches(f"{{SOPClassUID: {name}}}", SOPClassUID=retired)
+    # the retired class is still named by its keyword
+    keyword = UID(retired).keyword
+    assert matches(f"{{SOPClassUID: {keyword}}}", SOPClassUID=retired)
 
 
 def test_uid_read_from_a_padded_file_matches(tmp_path: Path) -> None:

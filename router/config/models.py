@@ -1,0 +1,263 @@
+"""The typed, frozen configuration models, with their defaults and bounds in one place.
+
+Models are pydantic v2 (frozen, ``extra="forbid"``): declarative defaults and bounds,
+precise error locations (``loc``) that loading maps back to YAML lines, and cheap
+immutability for hot reload. Durations are seconds as ``float``; sizes are bytes as
+``int``. Relative paths (``storage.path``, TLS files) are resolved against the
+``base_dir`` given in the validation context (the config file's directory).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from router.config.fields import (
+    AETitle,
+    DestinationName,
+    Duration,
+    ExistingFile,
+    Host,
+    ListenPort,
+    Network,
+    Port,
+    RelPath,
+    Size,
+    TransferSyntax,
+    custom,
+    lower,
+)
+from router.config.units import GiB, KiB, MiB
+from router.rules.engine import RuleEngine
+
+__all__ = [
+    "Accept",
+    "CircuitBreaker",
+    "ClientTLS",
+    "Config",
+    "Destination",
+    "Http",
+    "Listen",
+    "Logging",
+    "Retry",
+    "ServerTLS",
+    "Storage",
+    "Transcode",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerTLS(_Model):
+    """TLS on the listening side (DICOM over TLS, e.g. port 2762)."""
+
+    cert: ExistingFile
+    key: ExistingFile
+    ca: ExistingFile | None = None  # verifies client certificates
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> ServerTLS:
+        if self.require_client_cert and self.ca is None:
+            raise custom("tls", "require_client_cert: true needs 'ca' (the CA of client certs)")
+        return self
+
+
+class ClientTLS(_Model):
+    """TLS towards a destination. No ``ca``: the system's trust store."""
+
+    ca: ExistingFile | None = None
+    cert: ExistingFile | None = None  # client certificate, if the peer asks for one
+    key: ExistingFile | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLS:
+        if (self.cert is None) != (self.key is None):
+            raise custom("tls", "'cert' and 'key' go together: give both or neither")
+        return self
+
+
+class Listen(_Model):
+    """The C-STORE SCP: where senders connect."""
+
+    host: Host = "0.0.0.0"
+    port: ListenPort = 11112
+    max_associations: int = Field(default=32, ge=1, le=10_000)
+    # The largest P-DATA PDU we accept (we advertise it). Bounded: memory per association.
+    max_pdu_length: Size = Field(default=1 * MiB, ge=4096, le=64 * MiB)
+    acse_timeout: Duration = 30.0  # association negotiation
+    network_timeout: Duration = 60.0  # idle association is closed after this
+    dimse_timeout: Duration = 60.0  # waiting for the rest of a DIMSE message
+    tls_handshake_timeout: Duration = 10.0
+    tls: ServerTLS | None = None
+
+
+class Storage(_Model):
+    """Spool files and the queue database."""
+
+    path: RelPath
+    # Below this much free space, new instances are refused with A700 (out of resources).
+    min_free_bytes: Size = 1 * GiB
+    # Data sets up to this size are stored inside the queue database (one sync on ack).
+    inline_max_bytes: Size = Field(default=256 * KiB, ge=0, le=64 * MiB)
+    # How long spool files stay after every delivery ended; 0: removed at once.
+    retention: Duration = 0.0
+    # Queue bound: above this many instances, new C-STOREs are refused with A700.
+    max_queue_instances: int = Field(default=1_000_000, ge=1)
+
+
+class Http(_Model):
+    """GET /metrics, /healthz, /readyz."""
+
+    enabled: bool = True
+    host: Host = "127.0.0.1"
+    port: ListenPort = 9108
+
+
+class Accept(_Model):
+    """Who may send to us."""
+
+    calling_ae_titles: tuple[AETitle, ...] = ()  # empty: any calling AE
+    check_called_ae: bool = True  # the called AE must be our ae_title
+    accept_unknown_sop_classes: bool = True  # store any storage SOP class offered
+    # Per calling AE title, the networks it may connect from ("*": every AE title not
+    # listed). A calling AE from elsewhere is rejected like an unknown one (1,1,3).
+    hosts: dict[AETitle, tuple[Network, ...]] = Field(default_factory=dict)
+
+    @property
+    def calling_ae_set(self) -> frozenset[str] | None:
+        """The allowed calling AE titles, or None for any (AcceptorConfig's form)."""
+        return frozenset(self.calling_ae_titles) or None
+
+    def host_allowed(self, calling_ae: str, host: str) -> bool:
+        """Whether ``calling_ae`` may connect from ``host`` (an IP address)."""
+        nets = self.hosts.get(calling_ae.strip())
+        if nets is None:
+            nets = self.hosts.get("*")
+        if nets is None:
+            return True
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in ipaddress.ip_network(n) for n in nets)
+
+
+class Retry(_Model):
+    """Delivery retries: exponential backoff with jitter, then dead letter."""
+
+    max_attempts: int = Field(default=20, ge=1)
+    initial_backoff: Duration = 2.0
+    max_backoff: Duration = 600.0
+    multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)  # +/- this fraction of each delay
+
+    @model_validator(mode="after")
+    def _order(self) -> Retry:
+        if self.max_backoff < self.initial_backoff:
+            raise custom(
+                "retry",
+                f"max_backoff ({self.max_backoff:g}s) is below initial_backoff "
+                f"({self.initial_backoff:g}s): raise max_backoff",
+            )
+        return self
+
+
+class CircuitBreaker(_Model):
+    """After ``failures`` consecutive connection failures, stop trying except for one
+    probe every ``probe_interval``."""
+
+    failures: int = Field(default=5, ge=1)
+    probe_interval: Duration = 30.0
+
+
+class Destination(_Model):
+    """A C-STORE SCP we forward to."""
+
+    ae_title: AETitle
+    host: Host
+    port: Port
+    max_associations: int = Field(default=1, ge=1, le=64)
+    batch_size: int = Field(default=32, ge=1, le=10_000)  # instances leased per worker round
+    calling_ae_title: AETitle | None = None  # None only before loading: then our ae_title
+    max_pdu_length: Size = Field(default=1 * MiB, ge=4096, le=64 * MiB)  # the largest we receive
+    connect_timeout: Duration = 10.0
+    acse_timeout: Duration = 30.0
+    dimse_timeout: Duration = 120.0  # a PACS may take long to commit a large instance
+    network_timeout: Duration = 60.0
+    retry: Retry = Retry()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    tls: ClientTLS | None = None
+    # Convert to this lossless syntax whenever the destination accepts it (else the
+    # original is sent when accepted, else the first lossless syntax it accepts).
+    transcode_to: TransferSyntax | None = None
+
+
+class Transcode(_Model):
+    """Converting instances for destinations that do not accept the received syntax."""
+
+    # An instance whose decoded pixel data would exceed this is not converted (dead
+    # letter with the reason): bounds the memory a conversion may take.
+    max_decoded_bytes: Size = Field(default=512 * MiB, ge=1 * MiB)
+    max_concurrent: int = Field(default=1, ge=1, le=16)  # conversions at once (CPU-heavy)
+
+
+class Logging(_Model):
+    format: Annotated[Literal["json", "logfmt", "human"], BeforeValidator(lower)] = "logfmt"
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(lower)] = "info"
+
+
+class Config(_Model):
+    """The whole router configuration. Immutable; a reload builds a new one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    ae_title: AETitle
+    listen: Listen = Listen()
+    storage: Storage
+    http: Http = Http()
+    accept: Accept = Accept()
+    destinations: dict[DestinationName, Destination] = Field(default_factory=dict)
+    rules: RuleEngine = Field(default_factory=RuleEngine, exclude=True)
+    logging: Logging = Logging()
+    transcode: Transcode = Transcode()
+    # forward_each: every received instance is forwarded, even a repeat of one already
+    # queued; drop_identical: a byte-identical repeat (same SOP Instance UID, same bytes)
+    # still queued for a destination is acknowledged but not queued again.
+    duplicates: Annotated[Literal["forward_each", "drop_identical"], BeforeValidator(lower)] = (
+        "forward_each"
+    )
+    # SIGTERM/SIGINT: how long in-flight associations may go on before they are aborted
+    # (and workers may finish their current send); the process exits within about this.
+    shutdown_grace: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _defaults_and_cross_checks(self) -> Config:
+        fixed = {
+            name: d.model_copy(update={"calling_ae_title": self.ae_title})
+            for name, d in self.destinations.items()
+            if d.calling_ae_title is None
+        }
+        if fixed:
+            object.__setattr__(self, "destinations", {**self.destinations, **fixed})
+        if (
+            self.http.enabled
+            and self.http.port != 0
+            and self.http.port == self.listen.port
+            and (
+                self.http.host == self.listen.host
+                or "0.0.0.0" in (self.http.host, self.listen.host)
+            )
+        ):
+            raise custom("ports", "http.port is the same as listen.port: pick another port")
+        return self
+
+    def destination(self, name: str) -> Destination:
+        return self.destinations[name]
