@@ -74,13 +74,33 @@ def proc_usage(pid: int) -> Usage:
     except OSError:
         return Usage(0.0, 0)
     fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15, and cutime and
+    # cstime (reaped children: storescp --fork's association processes) 16 and 17.
+    cpu = sum(int(f) for f in fields[11:15]) / _CLK_TCK
     hwm = 0
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
             hwm = int(line.split()[1])
             break
+    return Usage(cpu, hwm)
+
+
+def session_usage(leader: int) -> Usage:
+    """CPU of a server and of every process of its session (``spawn`` starts each child
+    in a session of its own): storescp --fork's association processes, live, exited but
+    not yet reaped, or reaped (counted in the leader's cutime and cstime)."""
+    total = proc_usage(leader)
+    cpu, hwm = total.cpu_s, total.peak_rss_kib
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == leader:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == leader:  # field 6: session id
+            cpu += (int(fields[11]) + int(fields[12])) / _CLK_TCK
     return Usage(cpu, hwm)
 
 

@@ -1,7 +1,7 @@
 """`make bench`: DCMTK storescu/storescp as the reference, our acceptor, requestor and router
 measured against it in the same run.
 
-    python -m benchmarks.run [--small N] [--large N] [--runs K] [--only S,...] [--skip S,...]
+    python -m benchmarks.run [--sizes 8k:2000,512k:300] [--runs K] [--only S,...] [--skip S,...]
 
 Scenarios (default: all of them; --only picks, --skip leaves out):
   dcmtk-pair      storescu -> storescp (the reference; both with TCP_NODELAY=1)
@@ -36,20 +36,12 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from benchmarks.common import TRASH, InputSet, RunResult, Settings, dumps
 from benchmarks.dicomfiles import read_meta
+from benchmarks.durable import durable_limit
 from benchmarks.procs import BenchError, kill_all
-from benchmarks.scenarios import (
-    DEFAULT_SCENARIOS,
-    RSS_LIMIT_MIB,
-    SCENARIOS,
-    TARGETS,
-    TRASH,
-    InputSet,
-    RunResult,
-    Settings,
-    dumps,
-    router_available,
-)
+from benchmarks.router_runs import router_available
+from benchmarks.scenarios import DEFAULT_SCENARIOS, RSS_LIMIT_MIB, SCENARIOS, TARGETS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,10 +52,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--small", type=int, default=2000, metavar="N", help="small instances (2000)")
-    p.add_argument("--large", type=int, default=1000, metavar="N", help="large instances (1000)")
-    p.add_argument("--small-size", type=int, default=20_000, metavar="BYTES", help="(20000)")
-    p.add_argument("--large-size", type=int, default=512 * 1024, metavar="BYTES", help="(524288)")
+    p.add_argument(
+        "--sizes",
+        default=DEFAULT_SIZES,
+        metavar="SIZE:COUNT,...",
+        help=f"instance sizes and how many of each ({DEFAULT_SIZES}); k = 1024 bytes",
+    )
+    p.add_argument(
+        "--concurrent-size",
+        default="8k",
+        metavar="SIZE",
+        help="the size (one of --sizes) the 4-sender scenarios run with (8k)",
+    )
     p.add_argument("--runs", type=int, default=3, metavar="K", help="runs per scenario (3)")
     p.add_argument(
         "--only",
@@ -120,9 +120,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scenarios = names
     if args.runs < 1:
         p.error("--runs must be at least 1")
-    if args.small < 0 or args.large < 0 or args.small + args.large == 0:
-        p.error("--small and --large must be >= 0 and not both 0")
+    try:
+        args.size_sets = parse_sizes(args.sizes)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+DEFAULT_SIZES = "8k:2000,20k:2000,512k:300"
+
+
+def parse_sizes(spec: str) -> list[tuple[str, int, int]]:
+    """``8k:2000,512k:300`` -> [("8k", 2000, 8192), ("512k", 300, 524288)]."""
+    out: list[tuple[str, int, int]] = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        size_text, sep, count_text = item.partition(":")
+        text = size_text.lower()
+        try:
+            size = int(text[:-1]) * 1024 if text.endswith("k") else int(text)
+            count = int(count_text) if sep else 0
+        except ValueError:
+            raise ValueError(f"--sizes: {item!r} is not SIZE:COUNT (e.g. 8k:2000)") from None
+        if size < 1024 or count < 1:
+            raise ValueError(f"--sizes: {item!r}: size >= 1k and count >= 1")
+        out.append((size_text, count, size))
+    if not out:
+        raise ValueError("--sizes: no size given")
+    return out
 
 
 def _room_to_defer_cleanup(
@@ -150,15 +174,10 @@ def make_inputs(workdir: Path, args: argparse.Namespace) -> list[InputSet]:
     from router.samples import write_many  # pydicom import only here
 
     sets = []
-    for name, count, size in (
-        ("small", args.small, args.small_size),
-        ("large", args.large, args.large_size),
-    ):
-        if count <= 0:
-            continue
+    for name, count, size in args.size_sets:
         d = workdir / f"data-{name}"
         t0 = time.perf_counter()
-        progress(f"generating {count} x {size // 1000} KB instances in {d} ...")
+        progress(f"generating {count} x {size} bytes instances in {d} ...")
         paths = write_many(d, count, size)
         files = [read_meta(p) for p in paths]
         s = InputSet(name, d, files)
@@ -174,15 +193,30 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def _paired_ratio(results: list[RunResult], scenario: str, size: str) -> float | None:
-    """Median over rounds of (rate / dcmtk-pair rate of the same round): less noise-prone."""
-    ref = {r.round: r.rate for r in results if r.scenario == "dcmtk-pair" and r.size == size}
+def _paired_ratio(
+    results: list[RunResult], scenario: str, size: str, reference: str
+) -> float | None:
+    """Median over rounds of (rate / the reference's rate in the same round): less noisy."""
+    ref = {r.round: r.rate for r in results if r.scenario == reference and r.size == size}
     ratios = [
         r.rate / ref[r.round]
         for r in results
         if r.scenario == scenario and r.size == size and r.round in ref
     ]
     return statistics.median(ratios) if ratios else None
+
+
+def reference_of(scenario: str) -> str:
+    """The direct DCMTK path a scenario is compared with."""
+    return "dcmtk-pair-4senders" if scenario.endswith("-4senders") else "dcmtk-pair"
+
+
+def _per_instance_ms(seconds: float | None, instances: int) -> float | None:
+    return None if seconds is None else seconds / instances * 1e3
+
+
+def _ratio(value: float, reference: float | None) -> float | None:
+    return value / reference if reference else None
 
 
 def summarize(
@@ -193,11 +227,10 @@ def summarize(
     for r in results:
         if (r.scenario, r.size) not in keys:
             keys.append((r.scenario, r.size))
-    ref: dict[str, float] = {}
-    for size in {r.size for r in results}:
-        rates = [r.rate for r in results if r.scenario == "dcmtk-pair" and r.size == size]
-        if rates:
-            ref[size] = statistics.median(rates)
+
+    def median_rate(scenario: str, size: str) -> float | None:
+        return _median([r.rate for r in results if r.scenario == scenario and r.size == size])
+
     for scenario, size in keys:
         rs = [r for r in results if r.scenario == scenario and r.size == size]
         rate = statistics.median(r.rate for r in rs)
@@ -222,41 +255,87 @@ def summarize(
             "latency_p50_s": _median([r.latency_p50_s for r in rs]),
             "latency_p99_s": _median([r.latency_p99_s for r in rs]),
             "latency_source": next((r.latency_source for r in rs if r.latency_source), None),
-            "ratio": rate / ref[size] if size in ref else None,
-            "ratio_paired_median": _paired_ratio(results, scenario, size),
+            "reference": reference_of(scenario),
+            "ratio": _ratio(rate, median_rate(reference_of(scenario), size)),
+            "ratio_paired_median": _paired_ratio(results, scenario, size, reference_of(scenario)),
+            "vs_durable_limit": _ratio(rate, median_rate("durable-limit", size)),
+            "vs_durable_limit_paired": _paired_ratio(results, scenario, size, "durable-limit"),
+            "sync_ms": _median([None if r.sync_s is None else r.sync_s * 1e3 for r in rs]),
+            "cpu_ms_per_instance": {
+                "ours": _per_instance_ms(_median([r.cpu_ours_s for r in rs]), rs[0].instances),
+                **{
+                    tool: _per_instance_ms(
+                        statistics.median(r.cpu_peers.get(tool, 0.0) for r in rs),
+                        rs[0].instances,
+                    )
+                    for tool in sorted({t for r in rs for t in r.cpu_peers})
+                },
+            },
         }
         rows.append(row)
+    for row in rows:  # the DCMTK peers' CPU of the direct path, beside ours
+        ref = next(
+            (r for r in rows if r["scenario"] == row["reference"] and r["size"] == row["size"]),
+            None,
+        )
+        row["cpu_ms_per_instance_direct_peers"] = None if ref is None else _peers_ms(ref)
     return rows
 
 
-def verdicts(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def _peers_ms(row: dict[str, object]) -> float | None:
+    """storescu + storescp CPU ms per instance of a row (None if it has none)."""
+    cpu = row["cpu_ms_per_instance"]
+    assert isinstance(cpu, dict)
+    peers = [v for k, v in cpu.items() if k != "ours" and isinstance(v, float)]
+    return sum(peers) if peers else None
+
+
+#: issue targets for the router itself: rate against the durable limit, CPU against the
+#: direct pair's storescu + storescp (the looser bound above SMALL_MAX bytes)
+LIMIT_TARGET = 0.7
+CPU_TARGET_SMALL, CPU_TARGET_LARGE, SMALL_MAX = 2.5, 2.0, 64 * 1024
+
+
+def verdicts(
+    rows: list[dict[str, object]], sizes: dict[str, int] | None = None
+) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
+
+    def check(row: dict[str, object], what: str, value: object, ok: bool) -> None:
+        out.append(
+            {
+                "scenario": row["scenario"],
+                "size": row["size"],
+                "check": what,
+                "value": value,
+                "pass": ok,
+            }
+        )
+
     for row in rows:
         scenario = str(row["scenario"])
         if scenario in TARGETS:
             ratio = row["ratio"]
             target = TARGETS[scenario]
             ok = isinstance(ratio, float) and ratio >= target
-            out.append(
-                {
-                    "scenario": scenario,
-                    "size": row["size"],
-                    "check": f"rate >= {target:.1f}x dcmtk-pair",
-                    "value": ratio,
-                    "pass": ok,
-                }
-            )
+            check(row, f"rate >= {target:.1f}x {row['reference']}", ratio, ok)
+        if scenario == "router":
+            vs = row["vs_durable_limit"]
+            ok = isinstance(vs, float) and vs >= LIMIT_TARGET
+            check(row, f"rate >= {LIMIT_TARGET:.1f}x durable-limit", vs, ok)
+        if scenario in ("router", "router-4senders"):
+            cpu = row["cpu_ms_per_instance"]
+            direct = row["cpu_ms_per_instance_direct_peers"]
+            assert isinstance(cpu, dict)
+            ours = cpu.get("ours")
+            size = (sizes or {}).get(str(row["size"]), 0)
+            bound = CPU_TARGET_SMALL if size <= SMALL_MAX else CPU_TARGET_LARGE
+            if isinstance(ours, float) and isinstance(direct, float) and direct > 0:
+                factor = ours / direct
+                check(row, f"CPU/inst <= {bound:.1f}x direct peers'", factor, factor <= bound)
         rss = row["peak_rss_ours_mib"]
         if isinstance(rss, float):
-            out.append(
-                {
-                    "scenario": scenario,
-                    "size": row["size"],
-                    "check": f"peak RSS < {RSS_LIMIT_MIB:.0f} MiB",
-                    "value": rss,
-                    "pass": rss < RSS_LIMIT_MIB,
-                }
-            )
+            check(row, f"peak RSS < {RSS_LIMIT_MIB:.0f} MiB", rss, rss < RSS_LIMIT_MIB)
     return out
 
 
@@ -278,9 +357,10 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
         "MB/s",
         "ratio",
         "paired",
-        "CPU s",
-        "ours",
-        "peers",
+        "vs limit",
+        "ms CPU/inst ours",
+        "storescu",
+        "storescp",
         "RSS ours",
         "p50 lat",
         "p99 lat",
@@ -288,6 +368,9 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
     table = [header]
     for r in rows:
         runs = f"{r['runs']}" + (f"+{r['failed_runs']}F" if r["failed_runs"] else "")
+        cpu = r["cpu_ms_per_instance"]
+        assert isinstance(cpu, dict)
+        vs = r["vs_durable_limit_paired"] if r["vs_durable_limit_paired"] is not None else None
         table.append(
             (
                 str(r["scenario"]),
@@ -298,9 +381,10 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
                 _fmt(r["mb_per_s"], ".1f"),
                 _fmt(r["ratio"], ".2f") + ("x" if r["ratio"] is not None else ""),
                 _fmt(r["ratio_paired_median"], ".2f"),
-                _fmt(r["cpu_s"], ".2f"),
-                _fmt(r["cpu_ours_s"], ".2f"),
-                _fmt(r["cpu_peers_s"], ".2f"),
+                _fmt(vs, ".2f"),
+                _fmt(cpu.get("ours"), ".2f"),
+                _fmt(cpu.get("storescu"), ".2f"),
+                _fmt(cpu.get("storescp"), ".2f"),
                 _fmt(r["peak_rss_ours_mib"], ".1f") + (" MiB" if r["peak_rss_ours_mib"] else ""),
                 _fmt(r["latency_p50_s"], ".3f"),
                 _fmt(r["latency_p99_s"], ".3f"),
@@ -309,8 +393,11 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     left = {0, 1}
     print(f"\nbenchmark results, {when}: medians of each column over the runs")
-    print("ratio = median inst/s / median dcmtk-pair inst/s (same size, this invocation);")
-    print("paired = median over rounds of inst/s / the same round's dcmtk-pair inst/s")
+    print("ratio = median inst/s / median inst/s of the direct DCMTK path (dcmtk-pair, or")
+    print("dcmtk-pair-4senders for the -4senders rows), same size, this invocation;")
+    print("paired = median over rounds of inst/s / the same round's direct inst/s;")
+    print("vs limit = the same, paired, against durable-limit: the round's dcmtk-pair time per")
+    print("instance + one measured pwrite+fdatasync of that size on the router's file system")
     for n, row in enumerate(table):
         cells = [
             c.ljust(w) if i in left else c.rjust(w)
@@ -319,15 +406,19 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
         print("  ".join(cells).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    print("CPU s = user+sys of the measured processes (ours + DCMTK peers); MB = 10^6 bytes;")
-    print("RSS ours = peak resident set of our process (acceptor, requestor or router).")
+    print("ms CPU/inst = user+sys milliseconds per instance of our process (acceptor,")
+    print("requestor or router) and of the DCMTK peers (storescp with --fork: all its")
+    print("processes); MB = 10^6 bytes; RSS ours = peak resident set of our process.")
+    for r in rows:
+        if r["scenario"] == "durable-limit":
+            print(f"durable-limit {r['size']}: sync p50 {_fmt(r['sync_ms'], '.3f')} ms")
     if checks:
         print()
         for c in checks:
             value = c["value"]
             shown = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else value
             verdict = "PASS" if c["pass"] else "MISS"
-            print(f"{verdict}  {c['scenario']:<15} {c['size']:<6} {c['check']:<26} {shown}")
+            print(f"{verdict}  {c['scenario']:<16} {c['size']:<6} {c['check']:<36} {shown}")
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -396,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         inputs = make_inputs(workdir, args)
-        total = args.runs * len(inputs) * len(scenarios)
+        concurrent = sum(1 for s in scenarios if s.endswith("-4senders"))
+        per_size = len(scenarios) - concurrent
+        total = args.runs * (len(inputs) * per_size + concurrent)
         settings = dataclasses.replace(
             settings, defer_cleanup=_room_to_defer_cleanup(workdir, args, inputs, len(scenarios))
         )
@@ -406,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                 k = (rnd - 1) % len(scenarios)
                 order = scenarios[k:] + scenarios[:k]  # rotate: no scenario always goes first
                 for name in order:
+                    if name.endswith("-4senders") and inp.name != args.concurrent_size:
+                        continue
                     n += 1
                     tag = f"[{n}/{total}] round {rnd} {inp.name:<5} {name:<14}"
                     try:
@@ -417,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
                         progress(f"{tag} FAILED: {exc}")
                         continue
                     results.append(r)
+                    if name == "dcmtk-pair":
+                        limit = durable_limit(r, inp, workdir)
+                        results.append(limit)
+                        progress(f"{tag} durable-limit {limit.rate:7.0f} inst/s ({limit.notes[0]})")
                     ours = "" if r.cpu_ours_s is None else f" (ours {r.cpu_ours_s:.2f})"
                     rss = (
                         "" if r.peak_rss_ours_mib is None else f" rss {r.peak_rss_ours_mib:.0f} MiB"
@@ -439,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"kept data and logs in {workdir}")
 
     rows = summarize(results, failures)
-    checks = verdicts(rows)
+    checks = verdicts(rows, {name: size for name, _, size in args.size_sets})
     when = started.strftime("%Y-%m-%d %H:%M %Z")
     if rows:
         print_table(rows, checks, when)
@@ -463,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "scenarios": args.scenarios,
             "runs": args.runs,
-            "small": [args.small, args.small_size],
-            "large": [args.large, args.large_size],
+            "sizes": [list(x) for x in args.size_sets],
+            "concurrent_size": args.concurrent_size,
             "pdu": args.pdu,
             "storescp_bit_preserving": args.bit_preserving,
             "dest_dir": str(args.dest_dir) if args.dest_dir else None,
