@@ -9,7 +9,13 @@ from router.forward.stow.client import (
     StowConfig,
     StowConfigError,
 )
-from router.forward.stow.multipart import MultipartBody, Part, SourceError, group_by_study
+from router.forward.stow.multipart import (
+    MultipartBody,
+    Part,
+    SourceError,
+    group_by_study,
+    part_of,
+)
 from router.forward.stow.outcome import (
     InstanceResult,
     ParsedResponse,
@@ -34,4 +40,5 @@ __all__ = [
     "classify_response",
     "group_by_study",
     "parse_response",
+    "part_of",
 ]

@@ -14,9 +14,12 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+
+if TYPE_CHECKING:
+    from router.store.queue import Lease
 
 __all__ = [
     "CHUNK_SIZE",
@@ -25,6 +28,7 @@ __all__ = [
     "SourceError",
     "group_by_study",
     "new_boundary",
+    "part_of",
 ]
 
 CHUNK_SIZE = 1024 * 1024  # bytes read from a spool file per step of the body
@@ -65,6 +69,12 @@ class Part:
         if self.length > available:
             raise SourceError(f"{self.length} bytes promised, {max(available, 0)} there")
         return self.length
+
+
+def part_of(lease: Lease) -> Part:
+    """A leased delivery as a part: its whole Part-10 file (header and data set), from
+    the spool file or the inline bytes."""
+    return Part(lease.sop_instance_uid, lease.source, 0, lease.size)
 
 
 def new_boundary() -> str:
