@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from pathlib import Path
 
 import pytest
 
 from router.forward.stow.multipart import MultipartBody, Part, SourceError, group_by_study
+from tests.forward.stow.bodies import split_parts
 
 
 async def collect(body: MultipartBody) -> list[bytes]:
     return [chunk async for chunk in body]
-
-
-def split_parts(content_type: str, data: bytes) -> list[tuple[str, bytes]]:
-    """An independent multipart parser (the standard library's email package)."""
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + data
-    )
-    assert msg.get_content_type() == "multipart/related"
-    assert msg.get_param("type") == "application/dicom"
-    out = []
-    for part in msg.iter_parts():
-        payload = part.get_payload(decode=True)
-        assert isinstance(payload, bytes)
-        out.append((part.get_content_type(), payload))
-    return out
 
 
 @pytest.mark.asyncio

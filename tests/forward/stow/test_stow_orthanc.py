@@ -13,11 +13,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from router.config import ClientTLS
 from router.forward.outcome import Outcome
 from router.forward.stow import BasicAuth, Part, StowClient, StowConfig, group_by_study
 from router.store.spool import part10_header
 from tests.conftest import free_port
 from tests.forward.stow.orthanc_server import PASSWORD, USER, Orthanc
+from tests.tls.pki import Pki
 
 # pydicom's test files in several transfer syntaxes
 TEST_FILES = [
@@ -277,3 +279,34 @@ async def test_large_instance_is_streamed_in_bounded_memory(
     info = orthanc.get_json(f"/instances/{stored}")
     assert isinstance(info, dict) and info["FileSize"] == path.stat().st_size
     assert growth < size // 10, f"peak RSS grew by {growth} bytes sending {size}"
+
+
+@pytest.mark.asyncio
+async def test_https_with_client_certificate(
+    orthanc: Orthanc, https_dicomweb: str, stow_pki: Pki
+) -> None:
+    ct = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+    uid = pydicom.dcmread(ct, stop_before_pixels=True).SOPInstanceUID
+    orthanc.clear()
+    good = ClientTLS(ca=stow_pki.ca, cert=stow_pki.client.cert, key=stow_pki.client.key)
+    async with StowClient(StowConfig(https_dicomweb, tls=good, timeout=60.0)) as c:
+        echo = await c.echo()
+        assert echo.ok, echo.reason
+        out = await c.store([Part(uid, ct)])
+    assert [r.outcome for r in out.results] == [Outcome.DELIVERED]
+    assert orthanc.find_instance(uid) is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", ["untrusted server", "no client certificate"])
+async def test_https_failures_are_retried(https_dicomweb: str, stow_pki: Pki, case: str) -> None:
+    if case == "untrusted server":
+        tls = ClientTLS(ca=stow_pki.other_ca, cert=stow_pki.client.cert, key=stow_pki.client.key)
+    else:
+        tls = ClientTLS(ca=stow_pki.ca)
+    async with StowClient(StowConfig(https_dicomweb, tls=tls, timeout=60.0)) as c:
+        assert not (await c.echo()).ok
+        out = await c.store([Part("1.2.3", b"\0" * 200)])
+    assert out.http_status is None
+    assert out.destination_down
+    assert [r.outcome for r in out.results] == [Outcome.TRANSIENT]
