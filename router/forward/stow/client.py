@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +68,9 @@ class BasicAuth:
 @dataclass(frozen=True, slots=True)
 class StowConfig:
     """A DICOMweb destination: ``url`` is the DICOMweb root (``{url}/studies``),
-    ``timeout`` seconds per connect, write, read and pool wait."""
+    ``timeout`` seconds per connect, write, read and pool wait, ``max_connections``
+    requests in parallel. ``max_instances_per_request`` is for the caller's batching
+    (:func:`router.forward.stow.multipart.group_by_study`); the client sends what it gets."""
 
     url: str
     auth: BearerAuth | BasicAuth | None = None
@@ -134,6 +137,11 @@ class _FileAuth(httpx.Auth):
         yield request
 
 
+def _unreadable(uid: str, e: SourceError) -> InstanceResult:
+    outcome = Outcome.PERMANENT if e.permanent else Outcome.TRANSIENT
+    return InstanceResult(uid, outcome, f"stored copy unreadable: {e}")
+
+
 def _transport_reason(exc: Exception) -> str:
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
@@ -156,9 +164,7 @@ class StowClient:
     """One destination's HTTP client (a connection pool of ``max_connections``). Use
     as an async context manager, or call :meth:`aclose`."""
 
-    def __init__(
-        self, config: StowConfig, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: StowConfig) -> None:
         self.config = config
         self._auth = _FileAuth(config.auth) if config.auth is not None else None
         if self._auth is not None:
@@ -168,13 +174,16 @@ class StowClient:
             verify = client_context(config.tls)
         elif config.url.startswith("https:"):
             verify = client_context(ClientTLS())
-        self._client = httpx.AsyncClient(
+        transport = httpx.AsyncHTTPTransport(
             verify=verify,
-            timeout=httpx.Timeout(config.timeout),
             limits=httpx.Limits(
                 max_connections=config.max_connections,
                 max_keepalive_connections=config.max_connections,
             ),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.timeout),
             follow_redirects=False,
             trust_env=False,
             transport=transport,
@@ -197,6 +206,8 @@ class StowClient:
     async def store(self, parts: Sequence[Part]) -> StowOutcome:
         """Sends ``parts`` (instances of one study) in one request; one result per part,
         in order. Never raises for the destination's or the network's failures."""
+        if not parts:
+            return StowOutcome((), None, False, "nothing to send")
         uids = [p.sop_instance_uid for p in parts]
         readable: list[Part] = []
         unreadable: dict[int, InstanceResult] = {}
@@ -204,9 +215,7 @@ class StowClient:
             try:
                 part.size()
             except SourceError as e:
-                unreadable[i] = InstanceResult(
-                    part.sop_instance_uid, Outcome.PERMANENT, f"stored copy unreadable: {e}"
-                )
+                unreadable[i] = _unreadable(part.sop_instance_uid, e)
             else:
                 readable.append(part)
         if not readable:
@@ -224,7 +233,8 @@ class StowClient:
         try:
             body = MultipartBody(parts)
         except SourceError as e:  # a file vanished between the check and now
-            return failed_request(uids, f"stored copy unreadable: {e}")
+            results = tuple(_unreadable(uid, e) for uid in uids)
+            return StowOutcome(results, None, False, f"stored copy unreadable: {e}")
         headers = {
             "Content-Type": body.content_type,
             "Content-Length": str(body.content_length),
@@ -243,9 +253,10 @@ class StowClient:
                 await response.aclose()
         except StowConfigError as e:
             return failed_request(uids, str(e))
-        except SourceError as e:
-            outcome = failed_request(uids, f"stored copy unreadable while sending: {e}")
-            return StowOutcome(outcome.results, None, False, outcome.reason)
+        except SourceError as e:  # the request was cut: nothing is known to be stored
+            reason = f"stored copy unreadable while sending: {e}"
+            results = tuple(InstanceResult(uid, Outcome.TRANSIENT, reason) for uid in uids)
+            return StowOutcome(results, None, False, reason)
         except httpx.HTTPError as e:
             return failed_request(uids, _transport_reason(e))
         return classify_response(response.status_code, data, uids)

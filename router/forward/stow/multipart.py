@@ -10,6 +10,7 @@ bodies take it too) and memory stays at one chunk whatever the instance size.
 
 from __future__ import annotations
 
+import errno
 import secrets
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,20 @@ T = TypeVar("T")
 
 
 class SourceError(Exception):
-    """A part's bytes could not be read as promised (missing, shorter than its size)."""
+    """A part's bytes could not be read as promised. ``permanent``: the stored copy is
+    gone or shorter than its size (retrying cannot help); else an I/O error that may
+    pass (out of descriptors, a disk hiccup)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def _os_error(path: Path, e: OSError) -> SourceError:
+    return SourceError(f"{path}: {e.strerror or e}", permanent=e.errno in _GONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +74,18 @@ class Part:
             try:
                 total = self.source.stat().st_size
             except OSError as e:
-                raise SourceError(f"{self.source}: {e.strerror or e}") from e
+                raise _os_error(self.source, e) from e
         available = total - self.offset
         if self.length is None:
             if available < 0:
-                raise SourceError(f"offset {self.offset} past the end ({total} bytes)")
+                raise SourceError(
+                    f"offset {self.offset} past the end ({total} bytes)", permanent=True
+                )
             return available
         if self.length > available:
-            raise SourceError(f"{self.length} bytes promised, {max(available, 0)} there")
+            raise SourceError(
+                f"{self.length} bytes promised, {max(available, 0)} there", permanent=True
+            )
         return self.length
 
 
@@ -132,11 +150,11 @@ class MultipartBody:
                 while left > 0:
                     chunk = await f.read(min(self.chunk_size, left))
                     if not chunk:
-                        raise SourceError(f"{path}: ended {left} bytes early")
+                        raise SourceError(f"{path}: ended {left} bytes early", permanent=True)
                     left -= len(chunk)
                     yield chunk
         except OSError as e:
-            raise SourceError(f"{path}: {e.strerror or e}") from e
+            raise _os_error(path, e) from e
 
 
 def group_by_study(

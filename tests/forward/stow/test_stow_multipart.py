@@ -48,10 +48,11 @@ def test_content_type_names_the_boundary() -> None:
 def test_missing_or_short_sources_are_refused_before_sending(tmp_path: Path) -> None:
     f = tmp_path / "short.dcm"
     f.write_bytes(b"12345")
-    with pytest.raises(SourceError, match="promised"):
+    with pytest.raises(SourceError, match="promised") as short:
         MultipartBody([Part("1", f, offset=0, length=6)])
-    with pytest.raises(SourceError, match="No such file"):
+    with pytest.raises(SourceError, match="No such file") as gone:
         MultipartBody([Part("1", tmp_path / "gone.dcm")])
+    assert short.value.permanent and gone.value.permanent
     with pytest.raises(SourceError, match="past the end"):
         Part("1", b"abc", offset=4).size()
     with pytest.raises(ValueError, match="at least one"):
