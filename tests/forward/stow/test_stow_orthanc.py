@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -15,7 +17,15 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from router.config import ClientTLS
 from router.forward.outcome import Outcome
-from router.forward.stow import BasicAuth, Part, StowClient, StowConfig, group_by_study
+from router.forward.stow import (
+    BasicAuth,
+    MultipartBody,
+    Part,
+    StowClient,
+    StowConfig,
+    classify_response,
+    group_by_study,
+)
 from router.store.spool import part10_header
 from tests.conftest import free_port
 from tests.forward.stow.orthanc_server import PASSWORD, USER, Orthanc
@@ -310,3 +320,31 @@ async def test_https_failures_are_retried(https_dicomweb: str, stow_pki: Pki, ca
     assert out.http_status is None
     assert out.destination_down
     assert [r.outcome for r in out.results] == [Outcome.TRANSIENT]
+
+
+@pytest.mark.asyncio
+async def test_orthanc_xml_answer_gives_the_same_results(orthanc: Orthanc) -> None:
+    """The client asks for DICOM JSON; servers that answer XML are read the same way.
+    Orthanc's own XML answer to a mixed request, read by classify_response."""
+    good = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # type: ignore[arg-type]
+    bad = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    del bad.SeriesInstanceUID
+    uids = [pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID, bad.SOPInstanceUID]
+    body = MultipartBody([Part(uids[0], good), Part(uids[1], _part10(bad))])
+    data = b"".join([chunk async for chunk in body])
+    orthanc.clear()
+    req = urllib.request.Request(orthanc.dicomweb + "/studies", data=data, method="POST")
+    req.add_header("Content-Type", body.content_type)
+    req.add_header("Accept", "application/dicom+xml")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status, answer = resp.status, resp.read()
+    except urllib.error.HTTPError as e:  # Orthanc answers 400 when one instance fails
+        with e:
+            status, answer = e.code, e.read()
+    assert answer.lstrip().startswith(b"<?xml")
+    out = classify_response(status, answer, uids)
+    assert [(r.outcome, r.status) for r in out.results] == [
+        (Outcome.DELIVERED, None),
+        (Outcome.PERMANENT, 0xC000),
+    ]
