@@ -17,11 +17,15 @@ deps: $(VENV)/.installed
 
 # Debian packages the suite talks to: DCMTK (reference DICOM peers: storescu, storescp,
 # echoscu; Debian builds them with TLS), promtool (prometheus) and systemd-analyze
-# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls).
-SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl
+# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls),
+# Orthanc and its DICOMweb plugin (the STOW-RS server of tests/forward/stow; a tool is a
+# command or a file).
+SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl \
+  Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 dcmtk:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
-	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	  tool=$${pair%%:*}; { command -v $$tool || [ -e $$tool ]; } >/dev/null 2>&1 \
+	    || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
