@@ -317,7 +317,7 @@ class SpooledSink:
 class Spool:
     """The files side of the store under ``root`` (the storage directory)."""
 
-    def __init__(self, root: Path, *, inline_max: int = 64 * 1024) -> None:
+    def __init__(self, root: Path, *, inline_max: int) -> None:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self.spool_dir = self.root / "spool"
