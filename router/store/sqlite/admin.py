@@ -62,11 +62,15 @@ class SqliteAdmin:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
             raise
-        # read-only: no spool (opening one would create its directories); inline_max is
-        # for receiving, which the administration never does
-        spool = Spool(self.storage_dir, inline_max=0) if write else None
-        self._core = None if spool is None else Core(self._conn, spool, retention, clock)
         self._open = True
+        try:
+            # read-only: no spool (opening one would create its directories); inline_max
+            # is for receiving, which the administration never does
+            spool = Spool(self.storage_dir, inline_max=0) if write else None
+        except BaseException:
+            self.close()
+            raise
+        self._core = None if spool is None else Core(self._conn, spool, retention, clock)
 
     def close(self) -> None:
         if self._open:

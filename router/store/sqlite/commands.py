@@ -1,7 +1,7 @@
 """The SQLite queue's SQL for the operator commands: counts by state, listing, retrying
-dead letters, purging, housekeeping. The same functions serve the running queue (as
-jobs on its DB thread) and the standalone administration (router stopped), so each
-query exists once.
+dead letters, purging (housekeeping is :meth:`Core.housekeeping`, which start-up uses
+too). The same functions serve the running queue (as jobs on its DB thread) and the
+standalone administration, so each query exists once.
 
 Reads take a bare connection (the read-only administration has no spool); changes take
 the :class:`~router.store.sqlite.core.Core` and record them in a ``Delta``.
