@@ -4,7 +4,8 @@ Layout under the storage directory::
 
     tmp/<id>.part          partial receipts (a data set being received); swept at start
     spool/<xx>/<id>.dcm    durable Part-10 files (xx: two hex digits of the id, see below)
-    queue.db               the SQLite queue (router.store.queue)
+    queue.db               the SQLite queue (router.store.sqlite), when that is the backend
+    router.lock            held by the router using this directory (SQLite backend)
 
 Ids are the router's own (invariant 6): 24 lowercase hex digits, the first 16 being
 ``time.time_ns()`` (strictly increasing within a process), then a 4-digit counter and 4

@@ -21,8 +21,7 @@ from router.metrics import Metrics
 from router.store.admin import read_counts
 from router.store.records import QueueCounts, State, StateCount
 from tests.ops.helpers import api, cli
-from tests.store.conftest import Backend
-from tests.store.test_queue import commit
+from tests.store.helpers import backend_named, commit
 
 CONFIG = """\
 ae_title: ROUTER
@@ -72,7 +71,7 @@ async def test_api_status_goes_through_the_running_queue(tmp_path: Path) -> None
     cfg = load_config(config_path)
     storage = tmp_path / "storage"
     storage.mkdir()
-    backend = Backend("sqlite", Exception)
+    backend = backend_named("sqlite")
     async with backend.running(storage) as q:
         await commit(q, 10, ["pacs", "ai"], seed=1)
         await commit(q, 9000, ["pacs"], seed=2)
@@ -117,7 +116,7 @@ async def test_cli_status_without_a_router_reads_the_admin(
     config_path.write_text(CONFIG)
     storage = tmp_path / "storage"
     storage.mkdir()
-    async with Backend("sqlite", Exception).running(storage) as q:
+    async with backend_named("sqlite").running(storage) as q:
         await commit(q, 10, ["pacs"], seed=1)
         await commit(q, 10, [], seed=2)
     rc, out, err = await anyio.to_thread.run_sync(

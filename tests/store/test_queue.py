@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,55 +18,17 @@ from hypothesis import strategies as st
 from router.store.backend import QueueBackend
 from router.store.records import Filter, InstanceRecord, Lease, QueueClosed, State
 from router.store.spool import new_id
-from tests.store.conftest import INLINE_MAX, Backend
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT = "1.2.840.10008.1.2.1"
-
-
-@dataclass(frozen=True)
-class Req:
-    sop_class_uid: str = CT
-    sop_instance_uid: str = "1.2.3.4.5"
-    transfer_syntax: str = EXPLICIT
-
-
-class Clock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def payload(n: int, seed: int = 0) -> bytes:
-    return bytes((i * 31 + seed) & 0xFF for i in range(n))
-
-
-async def commit(
-    q: QueueBackend,
-    size: int,
-    dests: list[str],
-    *,
-    study: str = "1.2.9",
-    seed: int = 0,
-    received_at: float | None = None,
-) -> str:
-    sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{seed}"))
-    data = payload(size, seed)
-    for i in range(0, len(data), 1000):
-        sink.write(data[i : i + 1000])
-    rec = InstanceRecord(
-        CT, f"1.2.3.{seed}", EXPLICIT, study, "MOD", "ROUTER", received_at=received_at
-    )
-    return await q.commit_instance(rec, sink, dests)
-
-
-def read_source(lease: Lease) -> bytes:
-    src = lease.source
-    raw = src.read_bytes() if isinstance(src, Path) else src
-    assert len(raw) == lease.size
-    return raw[lease.data_offset :]
+from tests.store.helpers import (
+    CT,
+    EXPLICIT,
+    INLINE_MAX,
+    Backend,
+    Clock,
+    Req,
+    commit,
+    payload,
+    read_source,
+)
 
 
 async def check_counters(q: QueueBackend) -> None:

@@ -19,10 +19,9 @@ from router.store.admin import open_admin, read_counts
 from router.store.records import Filter, InstanceRecord, RouterRunning, SchemaError, State
 from router.store.sqlite import DB_NAME, SqliteQueue
 from router.store.sqlite.schema import VERSION
-from tests.store.conftest import Backend
-from tests.store.test_queue import CT, EXPLICIT, Req, commit, payload, read_source
+from tests.store.helpers import CT, EXPLICIT, Req, backend_named, commit, payload, read_source
 
-SQLITE = Backend("sqlite", sqlite3.IntegrityError)
+SQLITE = backend_named("sqlite")
 
 #: The schema exactly as routers before numbered migrations created it (at every open).
 OLD_SCHEMA = """
