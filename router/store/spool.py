@@ -7,7 +7,7 @@ Layout under the storage directory::
     queue.db               the SQLite queue (router.store.sqlite), when that is the backend
     router.lock            held by the router using this directory (SQLite backend)
 
-Ids are the router's own (invariant 6): 24 lowercase hex digits, the first 16 being
+Ids are the router's own, never a peer's: 24 lowercase hex digits, the first 16 being
 ``time.time_ns()`` (strictly increasing within a process), then a 4-digit counter and 4
 random digits. Nothing received from the network ever names a path. The spool
 subdirectory is ``id[5:7]``, the bits of the time that change about every 69 seconds:
