@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import anyio
-
 from router import __version__, logs, ops
 from router.config import Config
 from router.http import HttpServer, Request, Response
-from router.store.queue import Queue, QueueClosed
+from router.store.backend import QueueBackend
+from router.store.records import QueueClosed, State
 
 log = logging.getLogger("router.api")
 
@@ -77,7 +76,7 @@ class OperatorApi:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: QueueBackend,
         config: Callable[[], Config],
         storage_dir: Path,
         config_path: Path,
@@ -128,7 +127,7 @@ class OperatorApi:
 
     async def status(self, request: Request) -> dict[str, Any]:
         configured = list(self.config().destinations)
-        report = await anyio.to_thread.run_sync(ops.status_report, self.storage_dir, configured)
+        report = ops.status_report(await self.queue.counts(), configured)
         return {"source": "router", **report}
 
     async def deliveries(self, request: Request) -> dict[str, Any]:
@@ -146,7 +145,7 @@ class OperatorApi:
 
     async def retry(self, request: Request) -> dict[str, Any]:
         f = ops.make_filter(_json_body(request))
-        if f.state not in (None, "failed"):
+        if f.state not in (None, State.FAILED):
             raise ApiError(400, "retry moves dead letters (state failed) back to pending")
         n = await self.queue.retry_failed(f)
         logs.event(log, logging.INFO, "queue_retry", deliveries=n, **ops.filter_params(f))

@@ -30,6 +30,7 @@ from router.ingest import Ingest
 from router.metrics import Metrics, QueueSnapshot, disk_free_bytes
 from router.problems import ConfigError
 from router.reload import ConfigWatcher, keep_restart_only, runtime_problems, watched_paths
+from router.store.backend import QueueBackend
 from router.store.queue import Queue
 from router.tls import server_context
 
@@ -81,7 +82,7 @@ class Router:
         self.storage_dir = Path(storage.path)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(version=__version__)
-        self.queue = Queue(
+        self.queue: QueueBackend = Queue(
             self.storage_dir,
             inline_max=storage.inline_max_bytes,
             max_queue_instances=storage.max_queue_instances,

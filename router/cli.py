@@ -19,7 +19,7 @@ from router import __version__
 from router.config import Config, check, default_config_path, load_config
 from router.problems import ConfigError
 from router.rules.explain import explain_file
-from router.store.queue import STATES
+from router.store.records import State
 
 
 def _load(path: Path) -> Config | None:
@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from router import logs
     from router.app import Router
-    from router.store.queue import RouterRunning
+    from router.store.records import RouterRunning
 
     cfg = _load(args.config)
     if cfg is None:
@@ -64,12 +64,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _startup_failure(exc: BaseException) -> BaseException | None:
     """The operator-fixable error (port in use, storage not writable, another router
-    on the storage) inside ``exc``, or None for anything else (a bug: traceback)."""
-    from router.store.queue import RouterRunning
+    on the storage, a queue database it cannot open) inside ``exc``, or None for
+    anything else (a bug: traceback)."""
+    from router.store.records import RouterRunning, StoreError
 
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, RouterRunning | OSError) else None
+    return exc if isinstance(exc, RouterRunning | StoreError | OSError) else None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--destination", help="only this destination")
             q.add_argument(
                 "--state",
-                choices=[*STATES, "unrouted"],
+                choices=[s.value for s in State],
                 help="only deliveries in this state (unrouted: instances no rule matched)",
             )
             q.add_argument(

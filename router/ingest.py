@@ -39,7 +39,8 @@ from router.dicom import (
     StoreRequest,
 )
 from router.metrics import Metrics
-from router.store.queue import CommitResult, InstanceRecord, Queue, QueueClosed
+from router.store.backend import QueueBackend
+from router.store.records import CommitResult, InstanceRecord, QueueClosed
 from router.store.spool import SpooledSink
 
 log = logging.getLogger("router.ingest")
@@ -194,7 +195,7 @@ class Ingest(StoreHandler):
     def __init__(
         self,
         config: Callable[[], Config],
-        queue: Queue,
+        queue: QueueBackend,
         metrics: Metrics,
         free_bytes: Callable[[], int],
     ) -> None:

@@ -27,7 +27,7 @@ Contract metrics (design.md)
                                              failure, will be retried), ``failed`` (permanent
                                              or retries exhausted: a dead letter)
 ``forward_retries_total{destination}``       retries scheduled (one per backoff)
-``queue_instances{destination,state}``       queue rows per state (:data:`QUEUE_STATES`),
+``queue_instances{destination,state}``       queue rows per delivery state (router.store.State),
                                              read from the queue at scrape time
 ``queue_oldest_age_seconds{destination}``    age of the oldest undelivered row (0: empty),
                                              computed at scrape time
@@ -97,6 +97,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router import __version__
+from router.store.records import State
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,8 @@ OUTCOMES: tuple[str, ...] = ("delivered", "warning", "retry", "failed")
 #: associations_active{direction}, associations_total{direction}
 DIRECTIONS: tuple[str, ...] = ("in", "out")
 #: queue_instances{state}: the states of a delivery row (one instance x one destination),
-#: as router.store.queue.STATES: ``pending`` (waiting for a worker or for its retry's due
-#: time), ``leased`` (a worker is sending it), ``delivered`` (until the instance is done),
-#: ``failed`` (a dead letter, kept for ``dicom-router queue retry``). Each appears at 0.
-QUEUE_STATES: tuple[str, ...] = ("pending", "leased", "delivered", "failed")
+#: ``State.delivery_states()`` of router.store.records: ``pending``, ``leased``,
+#: ``delivered``, ``failed``. Each appears at 0.
 #: config_reloads_total{result}
 RELOAD_RESULTS: tuple[str, ...] = ("ok", "error")
 #: associations_total{how}
@@ -197,7 +196,7 @@ class QueueSnapshot:
     the callback runs on the event loop during a scrape and must be cheap (no SQL).
 
     - ``instances``: (destination, state) -> delivery rows, state one of
-      :data:`QUEUE_STATES` (``QueueStats.counts`` of router.store.queue).
+      ``State.delivery_states()`` (``QueueStats.counts`` of router.store.records).
     - ``oldest_age_seconds``: destination -> age of the oldest undelivered row (pending
       or leased); a destination without one shows 0 (``QueueStats.oldest_pending_age``).
     - ``storage_free_bytes``: see :func:`disk_free_bytes`; ``None`` if unknown.
@@ -257,7 +256,8 @@ class _QueueCollector(Collector):
             else:
                 names = set(m.destinations) | {d for d, _ in snap.instances}
                 names |= set(snap.oldest_age_seconds)
-                counts = {**{(d, s): 0 for d in names for s in QUEUE_STATES}, **snap.instances}
+                zeros = {(d, s.value): 0 for d in names for s in State.delivery_states()}
+                counts = {**zeros, **snap.instances}
                 for (dest, state), n in sorted(counts.items()):
                     instances.add_metric((dest, state), float(n))
                 for dest in sorted(names):

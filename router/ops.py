@@ -1,21 +1,20 @@
 """What the operator commands and the operator HTTP API share: filters, the queue
 status report, and plain-text tables.
 
-Nothing here changes the queue: changes go through :class:`router.store.queue.Queue`
-(router running) or :class:`router.store.queue.QueueAdmin` (router stopped).
+Nothing here reads or changes the queue: the counts and entries come from
+:mod:`router.store.admin`'s side of the queue (the running router's queue, or the
+standalone administration when no router serves the API).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from router.config import parse_duration
-from router.store.queue import DB_NAME, STATES, Entry, Filter
+from router.store.records import Entry, Filter, QueueCounts, State
 
 #: The filter keys of the API's query strings and JSON bodies (and of the CLI options).
 FILTER_KEYS = ("destination", "state", "older_than", "study", "limit")
@@ -58,9 +57,10 @@ def make_filter(params: Mapping[str, Any], *, extra: Collection[str] = ()) -> Fi
         limit = None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise ValueError(f"limit: expected a whole number, got {limit!r}")
+    state = text("state")
     return Filter(
         destination=text("destination"),
-        state=text("state"),
+        state=None if state is None else State.parse(state),
         min_age=min_age,
         study_uid=text("study"),
         limit=limit,
@@ -71,7 +71,7 @@ def filter_params(f: Filter) -> dict[str, Any]:
     """The inverse of :func:`make_filter` (None values left out), for API requests."""
     out: dict[str, Any] = {
         "destination": f.destination,
-        "state": f.state,
+        "state": None if f.state is None else f.state.value,
         "older_than": None if f.min_age is None else f"{f.min_age:g}s",
         "study": f.study_uid,
         "limit": f.limit,
@@ -85,60 +85,55 @@ def describe_filter(f: Filter) -> str:
 
 
 def entry_json(e: Entry) -> dict[str, Any]:
-    return asdict(e)
+    return {**asdict(e), "state": e.state.value}
 
 
 def entry_from_json(d: Mapping[str, Any]) -> Entry:
     fields: dict[str, Any] = {k: d.get(k) for k in Entry.__dataclass_fields__}
+    fields["state"] = State.parse(fields["state"])
     return Entry(**fields)
 
 
 def status_report(
-    storage_dir: Path,
+    counts: QueueCounts,
     configured: Collection[str],
     *,
     now: float | None = None,
 ) -> dict[str, Any]:
     """Deliveries per destination and state with the age of the oldest (since receipt),
-    unrouted instances, and instances not yet done; read-only SQL on the queue database
-    (WAL: it does not block a running router's writer).
+    unrouted instances, and instances not yet done, from a fresh count of the queue.
 
     ``{"destinations": {name: {"configured": bool, "states": {state: {"count": n,
     "oldest_age_seconds": s | None}}}}, "unrouted": {"count", "oldest_age_seconds"},
     "instances": n}``. Every configured destination and every state appears (count 0).
     """
     now = time.time() if now is None else now
-    uri = (Path(storage_dir) / DB_NAME).resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30.0)
-    try:
-        rows = conn.execute(
-            "SELECT destination, state, count(*), min(created_at) FROM delivery"
-            " GROUP BY destination, state"
-        ).fetchall()
-        unrouted, unrouted_oldest = conn.execute(
-            "SELECT count(*), min(received_at) FROM instance WHERE unrouted = 1"
-        ).fetchone()
-        (active,) = conn.execute("SELECT count(*) FROM instance WHERE done_at IS NULL").fetchone()
-    finally:
-        conn.close()
 
     def age(t: float | None) -> float | None:
         return None if t is None else round(max(0.0, now - t), 3)
 
-    names = sorted({r[0] for r in rows} | set(configured))
+    names = sorted({d for d, _ in counts.deliveries} | set(configured))
     dests: dict[str, Any] = {
         n: {
             "configured": n in configured,
-            "states": {s: {"count": 0, "oldest_age_seconds": None} for s in STATES},
+            "states": {
+                s.value: {"count": 0, "oldest_age_seconds": None} for s in State.delivery_states()
+            },
         }
         for n in names
     }
-    for dest, state, count, oldest in rows:
-        dests[dest]["states"][state] = {"count": int(count), "oldest_age_seconds": age(oldest)}
+    for (dest, state), c in counts.deliveries.items():
+        dests[dest]["states"][state.value] = {
+            "count": c.count,
+            "oldest_age_seconds": age(c.oldest),
+        }
     return {
         "destinations": dests,
-        "unrouted": {"count": int(unrouted), "oldest_age_seconds": age(unrouted_oldest)},
-        "instances": int(active),
+        "unrouted": {
+            "count": counts.unrouted.count,
+            "oldest_age_seconds": age(counts.unrouted.oldest),
+        },
+        "instances": counts.instances,
     }
 
 
@@ -177,12 +172,19 @@ def status_table(report: Mapping[str, Any]) -> str:
     rows = [["DESTINATION", "STATE", "COUNT", "OLDEST"]]
     for name, d in report["destinations"].items():
         label = name if d["configured"] else f"{name} (not in config)"
-        for state in STATES:
-            st = d["states"][state]
-            rows.append([label, state, str(st["count"]), format_age(st["oldest_age_seconds"])])
+        for state in State.delivery_states():
+            st = d["states"][state.value]
+            rows.append(
+                [label, state.value, str(st["count"]), format_age(st["oldest_age_seconds"])]
+            )
     u = report["unrouted"]
     rows.append(
-        ["(no rule matched)", "unrouted", str(u["count"]), format_age(u["oldest_age_seconds"])]
+        [
+            "(no rule matched)",
+            State.UNROUTED.value,
+            str(u["count"]),
+            format_age(u["oldest_age_seconds"]),
+        ]
     )
     text = table(rows, right={2, 3})
     return text + f"\n\ninstances not yet delivered everywhere: {report['instances']}"
@@ -198,12 +200,12 @@ def entries_table(entries: list[Entry]) -> str:
         last = "-" if e.last_status is None else f"{e.last_status:04x}"
         if e.last_error:
             last = e.last_error if last == "-" else f"{last} {e.last_error}"
-        due = _fmt_time(e.due_at) if e.state == "pending" else "-"
+        due = _fmt_time(e.due_at) if e.state is State.PENDING else "-"
         rows.append(
             [
                 e.instance_id,
                 e.destination or "-",
-                e.state,
+                e.state.value,
                 str(e.attempts),
                 _fmt_time(e.received_at),
                 due,

@@ -2,9 +2,9 @@
 
 While the router runs, the commands go through its operator API (:mod:`router.api`)
 on ``http.host:http.port``, so changes are made by the router's own queue. When no
-router answers there, ``status`` and ``list`` read the database (read-only, WAL: safe
-next to a router writing), and ``retry`` and ``purge`` take the storage lock and change
-it directly (:class:`router.store.queue.QueueAdmin`); a router that runs without its
+router answers there, the queue's standalone administration (:mod:`router.store.admin`)
+serves them: ``status`` and ``list`` read (safe next to a router writing), ``retry`` and
+``purge`` take the storage lock and change it directly; a router that runs without its
 HTTP server keeps that lock, and then they refuse with a message saying so.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -22,7 +21,9 @@ from urllib.parse import urlencode
 
 from router import ops
 from router.config import Config
-from router.store.queue import DB_NAME, Filter, QueueAdmin, RouterRunning, read_deliveries
+from router.store.admin import has_queue, open_admin, read_counts, read_deliveries
+from router.store.backend import AdminBackend
+from router.store.records import Filter, RouterRunning, State, StoreError
 
 
 class CommandError(Exception):
@@ -109,7 +110,8 @@ def status(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
         report = api.get("/api/queue/status")
         source = f"the running router ({api.base})"
     else:
-        report = {"source": "database", **ops.status_report(cfg.storage.path, cfg.destinations)}
+        counts = read_counts(Path(cfg.storage.path))
+        report = {"source": "database", **ops.status_report(counts, cfg.destinations)}
         source = f"the database in {cfg.storage.path} (no router answers on its HTTP port)"
     if args.json:
         print(json.dumps(report, indent=2))
@@ -138,8 +140,8 @@ def list_(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
     return 0
 
 
-def _admin(cfg: Config) -> QueueAdmin:
-    return QueueAdmin(Path(cfg.storage.path), retention=cfg.storage.retention)
+def _admin(cfg: Config) -> AdminBackend:
+    return open_admin(Path(cfg.storage.path), write=True, retention=cfg.storage.retention)
 
 
 def _running_without_api(cfg: Config) -> CommandError:
@@ -152,7 +154,7 @@ def _running_without_api(cfg: Config) -> CommandError:
 
 def retry(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
     f = _filter(args)
-    if f.state not in (None, "failed"):
+    if f.state not in (None, State.FAILED):
         raise CommandError("retry moves dead letters (state failed) back to pending", 2)
     if api is not None:
         n = api.post("/api/queue/retry", ops.filter_params(f))["retried"]
@@ -195,7 +197,7 @@ ACTIONS = {"status": status, "list": list_, "retry": retry, "purge": purge}
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     storage = Path(cfg.storage.path)
-    if not (storage / DB_NAME).exists():
+    if not has_queue(storage):
         print(
             f"dicom-router: no queue in {storage} yet (the router has not run there)",
             file=sys.stderr,
@@ -209,6 +211,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except CommandError as e:
         print(f"dicom-router: {e}", file=sys.stderr)
         return e.code
-    except (ValueError, sqlite3.Error, OSError) as e:
+    except (ValueError, StoreError, OSError) as e:
         print(f"dicom-router: {e}", file=sys.stderr)
         return 1

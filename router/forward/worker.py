@@ -40,7 +40,8 @@ from router.forward.outcome import (
     classify_transport,
 )
 from router.metrics import Metrics
-from router.store.queue import Lease, Queue, QueueClosed
+from router.store.queue import Lease, QueueClosed
+from router.store.queue import QueueBackend as Queue
 from router.tls import client_context
 from router.transcode import Transcoded, TranscodeError, transcode
 

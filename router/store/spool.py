@@ -4,9 +4,10 @@ Layout under the storage directory::
 
     tmp/<id>.part          partial receipts (a data set being received); swept at start
     spool/<xx>/<id>.dcm    durable Part-10 files (xx: two hex digits of the id, see below)
-    queue.db               the SQLite queue (router.store.queue)
+    queue.db               the SQLite queue (router.store.sqlite), when that is the backend
+    router.lock            held by the router using this directory (SQLite backend)
 
-Ids are the router's own (invariant 6): 24 lowercase hex digits, the first 16 being
+Ids are the router's own, never a peer's: 24 lowercase hex digits, the first 16 being
 ``time.time_ns()`` (strictly increasing within a process), then a 4-digit counter and 4
 random digits. Nothing received from the network ever names a path. The spool
 subdirectory is ``id[5:7]``, the bits of the time that change about every 69 seconds:
@@ -317,7 +318,7 @@ class SpooledSink:
 class Spool:
     """The files side of the store under ``root`` (the storage directory)."""
 
-    def __init__(self, root: Path, *, inline_max: int = 64 * 1024) -> None:
+    def __init__(self, root: Path, *, inline_max: int) -> None:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self.spool_dir = self.root / "spool"

@@ -11,12 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.metrics import (
     LATENCY_BUCKETS,
     OUTCOMES,
-    QUEUE_STATES,
     Metrics,
     QueueSnapshot,
     disk_free_bytes,
     status_label,
 )
+from router.store.records import State
 from tests.design_contract import DESIGN_METRICS
 
 ALLOWED_LABELS = {
@@ -196,8 +196,14 @@ def test_queue_gauges_are_read_at_scrape_time() -> None:
     q = "dicom_router_queue_instances"
     assert value(m, q, destination="pacs", state="pending") == 3
     assert value(m, q, destination="pacs", state="failed") == 2
-    for s in QUEUE_STATES:  # every state of every configured destination appears
-        assert value(m, q, destination="ai", state=s) == 0
+    for s in ("pending", "leased", "delivered", "failed"):  # every state of every
+        assert value(m, q, destination="ai", state=s) == 0  # configured destination appears
+    assert [s.value for s in State.delivery_states()] == [
+        "pending",
+        "leased",
+        "delivered",
+        "failed",
+    ]
     assert value(m, "dicom_router_queue_oldest_age_seconds", destination="pacs") == 42.5
     assert value(m, "dicom_router_queue_oldest_age_seconds", destination="ai") == 0
     assert value(m, "dicom_router_storage_free_bytes") == 10**9

@@ -124,7 +124,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_commit(
         run_and_kill(script, storage, root, env, acks, acked)
 
     async def check() -> None:
-        q = Queue(storage, inline_max=4096)
+        q = Queue(storage, inline_max=4096, max_queue_instances=10**9)
         async with anyio.create_task_group() as tg:
             await tg.start(q.run)
             entries = await q.list_deliveries(Filter())

@@ -1,15 +1,12 @@
-"""The queue: durability across restarts, group commit, leases and outcomes,
-recovery, retention, dead letters, counters and operator commands."""
+"""The queue's contract, run for every backend (the ``backend`` fixture): durability
+across restarts, group commit, leases and outcomes, recovery, retention, dead letters,
+counters and operator commands, and the standalone administration."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,102 +15,43 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.store.queue import (
-    DB_NAME,
-    Filter,
-    InstanceRecord,
-    Lease,
-    Queue,
-    QueueAdmin,
-    QueueClosed,
-    RouterRunning,
-    count_by_sql,
-)
+from router.store.backend import QueueBackend
+from router.store.records import Filter, InstanceRecord, Lease, QueueClosed, State
 from router.store.spool import new_id
-
-pytestmark = pytest.mark.anyio
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT = "1.2.840.10008.1.2.1"
-INLINE_MAX = 4096
-
-
-@dataclass(frozen=True)
-class Req:
-    sop_class_uid: str = CT
-    sop_instance_uid: str = "1.2.3.4.5"
-    transfer_syntax: str = EXPLICIT
+from tests.store.helpers import (
+    CT,
+    EXPLICIT,
+    INLINE_MAX,
+    Backend,
+    Clock,
+    Req,
+    commit,
+    payload,
+    read_source,
+)
 
 
-class Clock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@asynccontextmanager
-async def running(storage: Path, **kw: Any) -> AsyncIterator[Queue]:
-    kw.setdefault("inline_max", INLINE_MAX)
-    q = Queue(storage, **kw)
-    async with anyio.create_task_group() as tg:
-        await tg.start(q.run)
-        try:
-            yield q
-        finally:
-            tg.cancel_scope.cancel()
-
-
-def payload(n: int, seed: int = 0) -> bytes:
-    return bytes((i * 31 + seed) & 0xFF for i in range(n))
-
-
-async def commit(
-    q: Queue,
-    size: int,
-    dests: list[str],
-    *,
-    study: str = "1.2.9",
-    seed: int = 0,
-    received_at: float | None = None,
-) -> str:
-    sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{seed}"))
-    data = payload(size, seed)
-    for i in range(0, len(data), 1000):
-        sink.write(data[i : i + 1000])
-    rec = InstanceRecord(
-        CT, f"1.2.3.{seed}", EXPLICIT, study, "MOD", "ROUTER", received_at=received_at
-    )
-    return await q.commit_instance(rec, sink, dests)
-
-
-def read_source(lease: Lease) -> bytes:
-    src = lease.source
-    raw = src.read_bytes() if isinstance(src, Path) else src
-    assert len(raw) == lease.size
-    return raw[lease.data_offset :]
-
-
-def check_counters(q: Queue) -> None:
+async def check_counters(q: QueueBackend) -> None:
+    """The in-memory counters (metrics) equal a fresh count of the stored rows."""
     st_ = q.stats()
-    counts, unrouted, active = count_by_sql(q.storage_dir)
-    assert st_.counts == counts
-    assert st_.unrouted == unrouted
-    assert st_.instances == active
+    counts = await q.counts()
+    assert st_.counts == counts.by_state()
+    assert st_.unrouted == counts.unrouted.count
+    assert st_.instances == counts.instances
 
 
-async def test_commit_then_reopen(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_commit_then_reopen(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         small = await commit(q, 1000, ["pacs", "ai"], seed=1)
         big = await commit(q, 50_000, ["pacs"], seed=2)
         lost = await commit(q, 10, [], seed=3)
         assert q.stats().counts == {("pacs", "pending"): 2, ("ai", "pending"): 1}
-        check_counters(q)
+        await check_counters(q)
     assert q.spool.path_for(big).exists()
     assert not q.spool.path_for(small).exists()  # inline: inside the database
-    async with running(storage) as q2:
-        check_counters(q2)
+    async with backend.running(storage) as q2:
+        await check_counters(q2)
         assert q2.stats().unrouted == 1
         leases = await q2.lease("pacs", 10, 60)
         assert [le.instance_id for le in leases] == [small, big]
@@ -126,8 +64,9 @@ async def test_commit_then_reopen(storage: Path) -> None:
     assert os.listdir(storage / "tmp") == []
 
 
-async def test_group_commit_batches(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_group_commit_batches(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         ids: list[str] = []
 
         async def one(i: int) -> None:
@@ -141,12 +80,13 @@ async def test_group_commit_batches(storage: Path) -> None:
         assert st_.commits == 200
         assert st_.transactions < 100, st_.transactions
         assert st_.counts == {("pacs", "pending"): 200}
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_lease_outcome_transitions(storage: Path) -> None:
+@pytest.mark.asyncio
+async def test_lease_outcome_transitions(backend: Backend, storage: Path) -> None:
     clock = Clock()
-    async with running(storage, clock=clock) as q:
+    async with backend.running(storage, clock=clock) as q:
         a = await commit(q, 100, ["pacs"], seed=1)
         b = await commit(q, 9000, ["pacs"], seed=2)
         c = await commit(q, 100, ["pacs"], seed=3)
@@ -177,11 +117,14 @@ async def test_lease_outcome_transitions(storage: Path) -> None:
         (dead,) = await q.list_deliveries(Filter(destination="pacs"))
         assert (dead.instance_id, dead.state, dead.attempts) == (b, "failed", 1)
         assert (dead.last_status, dead.last_error) == (0xC000, "cannot understand")
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_instance_done_only_when_every_destination_delivered(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_instance_done_only_when_every_destination_delivered(
+    backend: Backend, storage: Path
+) -> None:
+    async with backend.running(storage) as q:
         ident = await commit(q, 9000, ["pacs", "ai"])
         (lp,) = await q.lease("pacs", 1, 30)
         (la,) = await q.lease("ai", 1, 30)
@@ -191,11 +134,12 @@ async def test_instance_done_only_when_every_destination_delivered(storage: Path
         await q.delivered([la.delivery_id])
         assert not q.spool.path_for(ident).exists()
         assert q.stats().instances == 0 and q.stats().counts == {}
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_release_does_not_count_the_attempt(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_release_does_not_count_the_attempt(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         await commit(q, 10, ["pacs"])
         (le,) = await q.lease("pacs", 1, 30)
         assert await q.release([le.delivery_id]) == 1
@@ -203,9 +147,10 @@ async def test_release_does_not_count_the_attempt(storage: Path) -> None:
         assert le2.attempt == 1
 
 
-async def test_expired_lease_is_leased_again(storage: Path) -> None:
+@pytest.mark.asyncio
+async def test_expired_lease_is_leased_again(backend: Backend, storage: Path) -> None:
     clock = Clock()
-    async with running(storage, clock=clock) as q:
+    async with backend.running(storage, clock=clock) as q:
         await commit(q, 10, ["pacs"])
         (le,) = await q.lease("pacs", 1, 30)
         clock.t += 29
@@ -213,25 +158,27 @@ async def test_expired_lease_is_leased_again(storage: Path) -> None:
         clock.t += 1
         (again,) = await q.lease("pacs", 1, 30)
         assert again.delivery_id == le.delivery_id and again.attempt == 2
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_recovery_returns_leases_to_pending(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_recovery_returns_leases_to_pending(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         await commit(q, 10, ["pacs"])
         await commit(q, 9000, ["pacs"])
         assert len(await q.lease("pacs", 10, 3600)) == 2
-    async with running(storage) as q2:
+    async with backend.running(storage) as q2:
         assert q2.stats().counts == {("pacs", "pending"): 2}
         leases = await q2.lease("pacs", 10, 3600)
         assert [le.attempt for le in leases] == [2, 2]  # the interrupted attempt counts
-        check_counters(q2)
+        await check_counters(q2)
 
 
+@pytest.mark.asyncio
 async def test_orphans_swept_and_missing_files_failed_loudly(
-    storage: Path, caplog: pytest.LogCaptureFixture
+    backend: Backend, storage: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running(storage) as q:
+    async with backend.running(storage) as q:
         kept = await commit(q, 9000, ["pacs"], seed=1)
         gone = await commit(q, 9000, ["pacs", "ai"], seed=2)
     orphan = new_id()
@@ -239,7 +186,7 @@ async def test_orphans_swept_and_missing_files_failed_loudly(
     (storage / "tmp" / f"{new_id()}.part").write_bytes(b"partial")
     q.spool.path_for(gone).unlink()
     with caplog.at_level(logging.ERROR, logger="router.store.queue"):
-        async with running(storage) as q2:
+        async with backend.running(storage) as q2:
             assert not q2.spool.path_for(orphan).exists()
             assert q2.spool.path_for(kept).exists()
             assert os.listdir(storage / "tmp") == []
@@ -251,12 +198,15 @@ async def test_orphans_swept_and_missing_files_failed_loudly(
             failed = await q2.list_deliveries(Filter(state="failed"))
             assert {e.instance_id for e in failed} == {gone}
             assert all(e.last_error == "spool file missing" for e in failed)
-            check_counters(q2)
+            await check_counters(q2)
     assert any(gone in r.getMessage() and "missing" in r.getMessage() for r in caplog.records)
 
 
-async def test_unrouted_instances_are_kept_counted_and_purgeable(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_unrouted_instances_are_kept_counted_and_purgeable(
+    backend: Backend, storage: Path
+) -> None:
+    async with backend.running(storage) as q:
         a = await commit(q, 9000, [], seed=1, study="1.9.1")
         b = await commit(q, 10, [], seed=2, study="1.9.2")
         await commit(q, 10, ["pacs"], seed=3, study="1.9.1")
@@ -271,12 +221,13 @@ async def test_unrouted_instances_are_kept_counted_and_purgeable(storage: Path) 
         assert await q.purge(Filter(state="unrouted", study_uid="1.9.1")) == 1
         assert not q.spool.path_for(a).exists()
         assert q.stats().unrouted == 1
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_retention_keeps_then_housekeeping_removes(storage: Path) -> None:
+@pytest.mark.asyncio
+async def test_retention_keeps_then_housekeeping_removes(backend: Backend, storage: Path) -> None:
     clock = Clock()
-    async with running(storage, clock=clock, retention=100.0) as q:
+    async with backend.running(storage, clock=clock, retention=100.0) as q:
         ident = await commit(q, 9000, ["pacs"])
         (le,) = await q.lease("pacs", 1, 30)
         await q.delivered([le.delivery_id])
@@ -289,11 +240,12 @@ async def test_retention_keeps_then_housekeeping_removes(storage: Path) -> None:
         assert await q.housekeeping() == 1
         assert not q.spool.path_for(ident).exists()
         assert q.stats().counts == {}
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_dead_letters_keep_data_and_can_be_retried(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_dead_letters_keep_data_and_can_be_retried(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         ident = await commit(q, 9000, ["pacs"], seed=7)
         for _ in range(3):
             (le,) = await q.lease("pacs", 1, 30)
@@ -308,12 +260,13 @@ async def test_dead_letters_keep_data_and_can_be_retried(storage: Path) -> None:
         assert await q.retry_failed(Filter(destination="pacs")) == 1
         (le,) = await q.lease("pacs", 1, 30)
         assert le.attempt == 1 and read_source(le) == payload(9000, 7)
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_operator_filters(storage: Path) -> None:
+@pytest.mark.asyncio
+async def test_operator_filters(backend: Backend, storage: Path) -> None:
     clock = Clock()
-    async with running(storage, clock=clock) as q:
+    async with backend.running(storage, clock=clock) as q:
         old = await commit(q, 10, ["pacs", "ai"], seed=1, study="1.9.1", received_at=clock.t - 600)
         new = await commit(q, 10, ["pacs"], seed=2, study="1.9.2")
         f_all = await q.list_deliveries()
@@ -328,13 +281,16 @@ async def test_operator_filters(storage: Path) -> None:
         assert await q.purge(Filter(instance_id=old)) == 1
         assert [e.instance_id for e in await q.list_deliveries()] == [new]
         assert q.stats().instances == 1
-        check_counters(q)
+        await check_counters(q)
     with pytest.raises(ValueError):
         Filter(state="bogus")
 
 
-async def test_purge_leaving_only_delivered_rows_completes_the_instance(storage: Path) -> None:
-    async with running(storage, retention=1000.0) as q:
+@pytest.mark.asyncio
+async def test_purge_leaving_only_delivered_rows_completes_the_instance(
+    backend: Backend, storage: Path
+) -> None:
+    async with backend.running(storage, retention=1000.0) as q:
         ident = await commit(q, 9000, ["pacs", "ai"])
         (le,) = await q.lease("pacs", 1, 30)
         await q.delivered([le.delivery_id])
@@ -342,11 +298,12 @@ async def test_purge_leaving_only_delivered_rows_completes_the_instance(storage:
         await q.purge(Filter(destination="ai"))
         assert q.stats().instances == 0  # done, kept for the retention
         assert q.spool.path_for(ident).exists()
-        check_counters(q)
+        await check_counters(q)
 
 
-async def test_wait_for_work(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_wait_for_work(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         assert await q.wait_for_work("pacs", timeout=0.01) is False
         woke = anyio.Event()
 
@@ -372,8 +329,9 @@ async def test_wait_for_work(storage: Path) -> None:
         assert await q.wait_for_work("ai", timeout=0.01) is False
 
 
-async def test_is_full_and_closed(storage: Path) -> None:
-    async with running(storage, max_queue_instances=2) as q:
+@pytest.mark.asyncio
+async def test_is_full_and_closed(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage, max_queue_instances=2) as q:
         await commit(q, 10, ["pacs"])
         assert not q.is_full()
         await commit(q, 10, [])
@@ -388,8 +346,9 @@ async def test_is_full_and_closed(storage: Path) -> None:
     assert os.listdir(storage / "tmp") == []
 
 
-async def test_aborted_sink_is_refused(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_aborted_sink_is_refused(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         sink = q.new_sink(Req())
         sink.write(b"x" * 10_000)
         sink.abort()
@@ -400,72 +359,69 @@ async def test_aborted_sink_is_refused(storage: Path) -> None:
     assert q.spool.iter_ids() == []
 
 
-async def test_failed_commit_leaves_nothing(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_failed_commit_leaves_nothing(backend: Backend, storage: Path) -> None:
+    async with backend.running(storage) as q:
         sink = q.new_sink(Req())
         sink.write(b"x" * 10_000)
         bad = InstanceRecord(CT, None, EXPLICIT)  # type: ignore[arg-type]  # NOT NULL
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(backend.integrity_error):
             await q.commit_instance(bad, sink, ["pacs"])
         ok = await commit(q, 10, ["pacs"])  # the queue goes on
         assert [e.instance_id for e in await q.list_deliveries()] == [ok]
-        check_counters(q)
+        await check_counters(q)
     assert q.spool.iter_ids() == []
 
 
-async def test_a_failing_batch_fails_its_callers_instead_of_hanging_them(
-    storage: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A bug in the DB thread's batch (not an SQL error, which fails one job) must reach
-    every caller of the batch: they wait shielded from cancellation, so a batch that
-    never answered would hang the router's shutdown for ever."""
-    import router.store.queue as queue_mod
-
-    real = queue_mod._run_batch
-
-    def broken(core: Any, jobs: Any) -> Any:
-        raise RuntimeError("bug in the batch")
-
-    async with running(storage) as q:
-        monkeypatch.setattr(queue_mod, "_run_batch", broken)
-        with caplog.at_level(logging.ERROR, "router.store.queue"):
-            with anyio.fail_after(10):
-                with pytest.raises(RuntimeError, match="bug in the batch"):
-                    await commit(q, 10, ["pacs"])
-                with pytest.raises(RuntimeError, match="bug in the batch"):
-                    await q.lease("pacs", 1, 30)
-        assert "queue batch failed" in caplog.text
-        monkeypatch.setattr(queue_mod, "_run_batch", real)
-        ok = await commit(q, 10, ["pacs"], seed=1)  # the queue goes on
-        assert [e.instance_id for e in await q.list_deliveries()] == [ok]
-
-
-async def test_admin_standalone(storage: Path) -> None:
-    async with running(storage) as q:
+@pytest.mark.asyncio
+async def test_admin_standalone(backend: Backend, storage: Path) -> None:
+    """The command line's administration while no router serves the operator API."""
+    async with backend.running(storage) as q:
         ident = await commit(q, 9000, ["pacs"])
         (le,) = await q.lease("pacs", 1, 30)
         await q.failed(le.delivery_id, 0xC000, "x")
-        with pytest.raises(RouterRunning):
-            QueueAdmin(storage)
-    with QueueAdmin(storage) as admin:
-        assert admin.counts() == ({("pacs", "failed"): 1}, 0, 1)
-        assert [e.state for e in admin.list_deliveries()] == ["failed"]
+        with backend.admin(storage) as reader:  # reading works next to the router
+            assert reader.counts().by_state() == {("pacs", "failed"): 1}
+            with pytest.raises(RuntimeError, match="read-only"):
+                reader.purge(Filter())
+    with backend.admin(storage, write=True) as admin:
+        counts = admin.counts()
+        assert (counts.by_state(), counts.unrouted.count, counts.instances) == (
+            {("pacs", "failed"): 1},
+            0,
+            1,
+        )
+        assert [e.state for e in admin.list_deliveries()] == [State.FAILED]
         assert admin.retry_failed(Filter(destination="pacs")) == 1
-        assert admin.counts()[0] == {("pacs", "pending"): 1}
+        assert admin.counts().by_state() == {("pacs", "pending"): 1}
         assert admin.purge(Filter(destination="pacs")) == 1
-        assert admin.counts() == ({}, 0, 0)
+        assert admin.counts().by_state() == {}
+        assert admin.counts().instances == 0
         assert not q.spool.path_for(ident).exists()
     with pytest.raises(FileNotFoundError):
-        QueueAdmin(storage / "nowhere")
+        backend.admin(storage / "nowhere")
 
 
-def test_two_routers_cannot_share_storage(storage: Path) -> None:
-    async def main() -> None:
-        async with running(storage):
-            with pytest.raises(RouterRunning):
-                await Queue(storage).run()
-
-    anyio.run(main)
+@pytest.mark.asyncio
+async def test_counts_by_state_with_the_oldest(backend: Backend, storage: Path) -> None:
+    """``counts``: what ``queue status`` shows, the same through the running queue and
+    through the standalone administration."""
+    clock = Clock()
+    async with backend.running(storage, clock=clock) as q:
+        await commit(q, 10, ["pacs", "ai"], seed=1, received_at=clock.t - 600)
+        await commit(q, 9000, ["pacs"], seed=2, received_at=clock.t - 60)
+        await commit(q, 10, [], seed=3, received_at=clock.t - 30)
+        (le,) = await q.lease("ai", 1, 30)
+        await q.failed(le.delivery_id, 0xC000, "bad")
+        live = await q.counts()
+        assert live.deliveries[("pacs", State.PENDING)].count == 2
+        assert live.deliveries[("pacs", State.PENDING)].oldest == clock.t - 600
+        assert live.deliveries[("ai", State.FAILED)].count == 1
+        assert ("ai", State.PENDING) not in live.deliveries
+        assert (live.unrouted.count, live.unrouted.oldest) == (1, clock.t - 30)
+        assert live.instances == 3
+    with backend.admin(storage) as admin:
+        assert admin.counts() == live
 
 
 # --------------------------------------------------------------- counters vs GROUP BY
@@ -495,15 +451,17 @@ OPS = st.lists(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(ops=OPS, retention=st.sampled_from([0.0, 20.0]))
-def test_counters_equal_group_by(ops: list[tuple[Any, ...]], retention: float) -> None:
+def test_counters_equal_group_by(
+    backend: Backend, ops: list[tuple[Any, ...]], retention: float
+) -> None:
     async def scenario(storage: Path) -> None:
         clock = Clock()
         leased: list[Lease] = []
         restart = True
         while restart:
             restart = False
-            async with running(storage, clock=clock, retention=retention) as q:
-                check_counters(q)
+            async with backend.running(storage, clock=clock, retention=retention) as q:
+                await check_counters(q)
                 while ops:
                     op = ops.pop(0)
                     kind = op[0]
@@ -536,13 +494,12 @@ def test_counters_equal_group_by(ops: list[tuple[Any, ...]], retention: float) -
                         leased.clear()
                         restart = True
                         break
-                    check_counters(q)
-        # data and rows agree: every spooled instance has its file, and no file is extra
-        conn = sqlite3.connect(storage / DB_NAME)
-        try:
-            spooled = {r[0] for r in conn.execute("SELECT id FROM instance WHERE spooled = 1")}
-        finally:
-            conn.close()
+                    await check_counters(q)
+        # data and rows agree: every spooled instance (the larger than inline_max) has
+        # its file, and no file is extra
+        with backend.admin(storage) as admin:
+            entries = admin.list_deliveries()
+        spooled = {e.instance_id for e in entries if e.size > INLINE_MAX}
         assert set(q.spool.iter_ids()) == spooled
 
     with tempfile.TemporaryDirectory() as d:

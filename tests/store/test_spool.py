@@ -173,7 +173,7 @@ def test_header_larger_than_inline_max_spills_at_once(storage: Path) -> None:
 
 
 def test_sweep_remove_and_ids(storage: Path) -> None:
-    spool = Spool(storage)
+    spool = Spool(storage, inline_max=4096)
     assert len(os.listdir(spool.spool_dir)) == 256
     (spool.tmp_dir / "leftover.part").write_bytes(b"x")
     (spool.tmp_dir / f"{new_id()}.part").write_bytes(b"x")

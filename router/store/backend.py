@@ -1,0 +1,168 @@
+"""The queue interface: every operation ingest, forward, the operator API, the command
+line and the app need from the durable queue, whatever stores it.
+
+A backend provides two things:
+
+- a :class:`QueueBackend`, the running router's queue (async; started once with
+  ``await tg.start(queue.run)``), e.g. :class:`router.store.sqlite.SqliteQueue`;
+- a :class:`AdminBackend`, the standalone administration the command line uses when no
+  router serves the operator API (sync), e.g. :class:`router.store.sqlite.SqliteAdmin`;
+  open one with :func:`router.store.admin.open_admin`.
+
+Both speak only the records of :mod:`router.store.records` (states are
+:class:`~router.store.records.State`); no SQL, connection or row crosses this line. The
+spool (``storage.path``: large data sets as files, partial receipts) is shared by every
+backend: :class:`~router.store.spool.Spool`.
+
+Contracts every backend keeps (tests/store/test_queue.py runs them per backend):
+
+- ``commit``/``commit_instance`` return only when the data and its rows are durable
+  (then the C-STORE may be acknowledged); on any error nothing of the instance remains.
+  They are not cancellable once started.
+- An attempt is counted when it is leased; ``release`` gives it back uncounted; a lease
+  whose time passed without an outcome is leased again; outcomes apply only to leased
+  deliveries (False/0 otherwise).
+- An instance is done when every delivery is delivered: its data goes at once, or after
+  the retention by ``housekeeping``. Dead letters (``failed``) keep their data.
+- ``stats``, ``is_full`` and ``next_due`` are cheap (no I/O: metrics call them on the
+  event loop); ``counts`` is a fresh count of the stored rows.
+- Every method but ``run``, ``new_sink``, ``stats``, ``next_due``, ``is_full`` and
+  ``wake`` raises :class:`~router.store.records.QueueClosed` when the queue is not
+  running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+from router.store.records import (
+    CommitResult,
+    Entry,
+    Filter,
+    InstanceRecord,
+    Lease,
+    QueueCounts,
+    QueueStats,
+)
+from router.store.spool import Spool, SpooledSink, StoreRequestLike
+
+__all__ = ["AdminBackend", "QueueBackend"]
+
+
+class QueueBackend(Protocol):
+    """The running router's queue."""
+
+    storage_dir: Path
+    spool: Spool
+    clock: Callable[[], float]
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open, recover (leases back to pending, partial receipts and orphan files
+        removed), report started, then serve until cancelled. Runs once."""
+        ...
+
+    # -- ingest
+
+    def new_sink(self, req: StoreRequestLike) -> SpooledSink: ...
+
+    def is_full(self) -> bool:
+        """True when no more instances should be accepted (answer A700)."""
+        ...
+
+    async def commit_instance(
+        self, record: InstanceRecord, sink: SpooledSink, destinations: Sequence[str]
+    ) -> str:
+        """Make the instance durable with one delivery per destination; its id."""
+        ...
+
+    async def commit(
+        self, record: InstanceRecord, sink: SpooledSink, destinations: Sequence[str]
+    ) -> CommitResult:
+        """``commit_instance``, telling what was queued and what was dropped as an
+        identical duplicate (only when ``record.digest`` is given)."""
+        ...
+
+    # -- forward
+
+    async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Lease]:
+        """Up to ``limit`` due deliveries (oldest due first), leased for
+        ``lease_seconds``; expired leases are leased again."""
+        ...
+
+    async def delivered(self, ids: Sequence[int], status: int = 0x0000) -> int: ...
+
+    async def retry(
+        self, id: int, due_at: float, status: int | None = None, error: str | None = None
+    ) -> bool: ...
+
+    async def failed(
+        self, id: int, status: int | None = None, error: str | None = None
+    ) -> bool: ...
+
+    async def release(self, ids: Sequence[int]) -> int: ...
+
+    def next_due(self, destination: str) -> float | None:
+        """Clock time of the earliest pending delivery for ``destination``, or None."""
+        ...
+
+    async def wait_for_work(self, destination: str, timeout: float | None = None) -> bool:
+        """True as soon as work may be available (spurious wake-ups allowed), False when
+        ``timeout`` passed first."""
+        ...
+
+    def wake(self, destination: str) -> None:
+        """Wake whoever waits for work of ``destination``."""
+        ...
+
+    # -- metrics
+
+    def stats(self) -> QueueStats: ...
+
+    # -- operator commands (the HTTP API while the router runs)
+
+    async def counts(self) -> QueueCounts: ...
+
+    async def list_deliveries(self, f: Filter = Filter()) -> list[Entry]: ...
+
+    async def retry_failed(self, f: Filter = Filter()) -> int:
+        """Dead letters matching ``f`` back to pending with attempts reset."""
+        ...
+
+    async def purge(self, f: Filter) -> int:
+        """Delete matching deliveries (and unrouted instances) and data left unused."""
+        ...
+
+    async def housekeeping(self) -> int:
+        """Remove done instances whose retention has passed."""
+        ...
+
+
+class AdminBackend(Protocol):
+    """The queue's administration while no router serves the operator API. Opened for
+    reading it changes nothing (the write methods raise); opened for writing it is
+    refused with :class:`~router.store.records.RouterRunning` where a running router
+    must be the only writer. Database errors are
+    :class:`~router.store.records.StoreError`."""
+
+    def counts(self) -> QueueCounts: ...
+
+    def list_deliveries(self, f: Filter = Filter()) -> list[Entry]: ...
+
+    def retry_failed(self, f: Filter = Filter()) -> int: ...
+
+    def purge(self, f: Filter) -> int: ...
+
+    def housekeeping(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> AdminBackend: ...
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -1,0 +1,114 @@
+"""What the store tests share: the backends under test and instances to commit.
+
+A new backend joins by adding its name to ``BACKENDS``, its error to ``_ERRORS`` and a
+branch to :meth:`Backend.queue` / :meth:`Backend.admin` (starting whatever server it
+needs); every test of tests/store/test_queue.py then runs on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from router.store.admin import open_admin
+from router.store.backend import AdminBackend, QueueBackend
+from router.store.records import InstanceRecord, Lease
+from router.store.sqlite import SqliteQueue
+
+BACKENDS = ("sqlite",)
+
+#: inline_max of the queues under test: data sets above it are spooled as files
+INLINE_MAX = 4096
+#: a bound no test reaches unless it sets its own
+MAX_QUEUE_INSTANCES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    #: what a commit breaking the schema's constraints raises
+    integrity_error: type[Exception]
+
+    def queue(self, storage: Path, **kw: Any) -> QueueBackend:
+        kw.setdefault("inline_max", INLINE_MAX)
+        kw.setdefault("max_queue_instances", MAX_QUEUE_INSTANCES)
+        if self.name == "sqlite":
+            return SqliteQueue(storage, **kw)
+        raise AssertionError(f"unknown backend {self.name}")
+
+    def admin(self, storage: Path, *, write: bool = False, **kw: Any) -> AdminBackend:
+        if self.name == "sqlite":
+            return open_admin(storage, write=write, **kw)
+        raise AssertionError(f"unknown backend {self.name}")
+
+    @asynccontextmanager
+    async def running(self, storage: Path, **kw: Any) -> AsyncIterator[QueueBackend]:
+        q = self.queue(storage, **kw)
+        async with anyio.create_task_group() as tg:
+            await tg.start(q.run)
+            try:
+                yield q
+            finally:
+                tg.cancel_scope.cancel()
+
+
+_ERRORS: dict[str, type[Exception]] = {"sqlite": sqlite3.IntegrityError}
+
+
+def backend_named(name: str) -> Backend:
+    return Backend(name, _ERRORS[name])
+
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class Req:
+    sop_class_uid: str = CT
+    sop_instance_uid: str = "1.2.3.4.5"
+    transfer_syntax: str = EXPLICIT
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 31 + seed) & 0xFF for i in range(n))
+
+
+async def commit(
+    q: QueueBackend,
+    size: int,
+    dests: list[str],
+    *,
+    study: str = "1.2.9",
+    seed: int = 0,
+    received_at: float | None = None,
+) -> str:
+    sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{seed}"))
+    data = payload(size, seed)
+    for i in range(0, len(data), 1000):
+        sink.write(data[i : i + 1000])
+    rec = InstanceRecord(
+        CT, f"1.2.3.{seed}", EXPLICIT, study, "MOD", "ROUTER", received_at=received_at
+    )
+    return await q.commit_instance(rec, sink, dests)
+
+
+def read_source(lease: Lease) -> bytes:
+    src = lease.source
+    raw = src.read_bytes() if isinstance(src, Path) else src
+    assert len(raw) == lease.size
+    return raw[lease.data_offset :]
