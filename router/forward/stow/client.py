@@ -148,6 +148,8 @@ def _transport_reason(exc: Exception) -> str:
         return f"timeout: {detail}"
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect: {detail}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {detail}"
     return f"connection failed: {detail}"
 
 
@@ -257,7 +259,7 @@ class StowClient:
             reason = f"stored copy unreadable while sending: {e}"
             results = tuple(InstanceResult(uid, Outcome.TRANSIENT, reason) for uid in uids)
             return StowOutcome(results, None, False, reason)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, OSError) as e:  # OSError: a TLS alert after the handshake
             return failed_request(uids, _transport_reason(e))
         return classify_response(response.status_code, data, uids)
 
@@ -272,7 +274,7 @@ class StowClient:
             )
         except StowConfigError as e:
             return EchoResult(False, str(e))
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, OSError) as e:
             return EchoResult(False, _transport_reason(e))
         if 200 <= response.status_code < 300:
             return EchoResult(True, f"HTTP {response.status_code}")
