@@ -17,8 +17,10 @@ deps: $(VENV)/.installed
 
 # Debian packages the suite talks to: DCMTK (reference DICOM peers: storescu, storescp,
 # echoscu; Debian builds them with TLS), promtool (prometheus) and systemd-analyze
-# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls).
-SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl
+# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls),
+# dciodvfy (dicom3tools: checks de-identified output against the IODs in tests/profiles).
+SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl \
+	dciodvfy:dicom3tools
 dcmtk:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

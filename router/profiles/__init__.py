@@ -16,6 +16,7 @@ from router.profiles.actions import (
 )
 from router.profiles.model import Deidentify, Profile, parse_attribute
 from router.profiles.secret import SecretError, load_secret
+from router.profiles.stream import RewriteError, Rewritten, rewrite_part10
 from router.profiles.table import OPTIONS
 
 __all__ = [
@@ -24,10 +25,13 @@ __all__ = [
     "Change",
     "Deidentify",
     "Profile",
+    "RewriteError",
+    "Rewritten",
     "SecretError",
     "apply_profile",
     "check_burned_in",
     "describe",
     "load_secret",
     "parse_attribute",
+    "rewrite_part10",
 ]

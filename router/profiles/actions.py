@@ -261,8 +261,8 @@ def _mark(ds: Dataset, options: frozenset[str], record: Record) -> None:
         item.CodeMeaning = code.meaning
         items.append(item)
     ds.DeidentificationMethodCodeSequence = Sequence(items)
-    for keyword in ("PatientIdentityRemoved", "DeidentificationMethod"):
-        record(attribute_label(ds.data_element(keyword).tag), "set")
+    record(attribute_label(0x00120062), "set to 'YES'")
+    record(attribute_label(0x00120063), "set (Basic Profile and the options)")
     record(attribute_label(0x00120064), "set (Basic Profile and one code per option)")
     if "retain_longitudinal_modified_dates" in options:
         ds.LongitudinalTemporalInformationModified = "MODIFIED"
@@ -288,7 +288,12 @@ def _set(ds: Dataset, tag: int, value: SetValue) -> None:
 
 
 def apply_profile(
-    profile: Profile, secret: bytes | None, ds: Dataset, record: Record = _ignore
+    profile: Profile,
+    secret: bytes | None,
+    ds: Dataset,
+    record: Record = _ignore,
+    *,
+    top_level: bool = True,
 ) -> str:
     """Change ``ds`` (a header: pixel data, if present, is left alone) as ``profile`` says,
     in place, and return its SOP Instance UID afterwards (the one the C-STORE carries).
@@ -296,14 +301,21 @@ def apply_profile(
     ``secret`` keys the replacements; it is needed only when the profile de-identifies.
     ``record(attribute, action)`` is told of each change. Raises
     :class:`BurnedInAnnotationError` before changing anything when the instance must not be
-    sent to this profile's destinations."""
-    check_burned_in(profile, ds)
+    sent to this profile's destinations.
+
+    ``top_level=False`` is for a part of a data set (the elements after the pixel data): the
+    table, private and ``remove`` rules apply, but nothing is added or ``set``."""
+    if top_level:
+        check_burned_in(profile, ds)
     if profile.deidentify is not None:
         if not secret:
             raise ValueError("a de-identifying profile needs its secret")
         patient_id = str(ds.get("PatientID", "") or "")
         walker = _Walker(profile, Keyed(secret), patient_id, record)
         walker.walk(ds, "", dummy_rest=False)
+        if not top_level:
+            _remove_everywhere(ds, profile.remove_tags, "", record)
+            return ""
         if _PATIENT_ID not in ds:
             ds.PatientID = walker.keyed.pseudonym(patient_id)
         if _PATIENT_NAME not in ds:
@@ -311,6 +323,8 @@ def apply_profile(
         _mark(ds, profile.options, record)
     if profile.remove:
         _remove_everywhere(ds, profile.remove_tags, "", record)
+    if not top_level:
+        return ""
     for tag, value in profile.set_tags.items():
         _set(ds, tag, value)
         record(attribute_label(tag), f"set to {value!r}")

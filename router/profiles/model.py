@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import pydicom.config
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.valuerep import validate_value
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router.profiles.table import OPTIONS
 
@@ -106,9 +106,7 @@ class Deidentify(BaseModel):
         if isinstance(v, list | tuple | set | frozenset):
             unknown = [o for o in v if o not in OPTIONS]
             if unknown:
-                raise ValueError(
-                    f"unknown option {unknown[0]!r}: use one of {', '.join(OPTIONS)}"
-                )
+                raise ValueError(f"unknown option {unknown[0]!r}: use one of {', '.join(OPTIONS)}")
         return v
 
     @model_validator(mode="after")

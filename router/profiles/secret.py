@@ -19,7 +19,10 @@ def load_secret(path: Path) -> bytes:
 
     Rotating the key (a new file, or new content) changes every replacement UID and
     pseudonym from then on: docs/deidentification.md explains what that means."""
-    fix = f"write at least {MIN_SECRET_BYTES} random bytes to it, e.g. `head -c 32 /dev/urandom > {path}`"
+    fix = (
+        f"write at least {MIN_SECRET_BYTES} random bytes to it, "
+        f"e.g. `head -c 32 /dev/urandom > {path}`"
+    )
     try:
         data = path.read_bytes()
     except FileNotFoundError:
