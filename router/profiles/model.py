@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import pydicom.config
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.valuerep import validate_value
 
@@ -29,6 +30,16 @@ _TEXT_VRS: Final = frozenset(
     | {"UI", "UR", "UT"}
 )
 _NUMBER_VRS: Final = frozenset({"FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"})
+_FORMATS: Final = {"DA": " (YYYYMMDD)", "TM": " (HHMMSS)", "DT": " (YYYYMMDDHHMMSS)"}
+
+
+def _attribute(text: str) -> int:
+    """:func:`parse_attribute` inside a validator: the error's message is the text alone
+    (no "Value error," prefix), ready for a one-line config error."""
+    try:
+        return parse_attribute(text)
+    except ValueError as e:
+        raise PydanticCustomError("profile", str(e)) from None
 
 
 def parse_attribute(text: str) -> int:
@@ -57,29 +68,29 @@ def _check_set_value(tag: int, value: SetValue) -> None:
     label = attribute_label(tag)
     if tag >> 16 & 1:
         raise ValueError(
-            f"set: {label} is a private tag, whose VR the router cannot know: set a "
+            f"{label} is a private tag, whose VR the router cannot know: set a "
             "standard attribute by keyword or tag"
         )
     try:
         vr = dictionary_VR(tag)
     except KeyError:
         raise ValueError(
-            f"set: {label} is not in the DICOM dictionary: set a standard attribute"
+            f"{label} is not in the DICOM dictionary: set a standard attribute"
         ) from None
     values = value if isinstance(value, list) else [value]
     if vr in _NUMBER_VRS:
         if not all(isinstance(v, int | float) for v in values):
-            raise ValueError(f"set: {label} has VR {vr}: give it a number")
+            raise ValueError(f"{label} has VR {vr}: give it a number")
     elif vr in _TEXT_VRS:
         for v in values:
             try:
                 validate_value(vr, str(v), pydicom.config.RAISE)
             except ValueError as e:
-                raise ValueError(f"set: {label}: {e} Give a valid {vr} value") from None
+                hint = _FORMATS.get(vr, "")
+                raise ValueError(f"{label}: {e} Give a valid {vr} value{hint}") from None
     else:
         raise ValueError(
-            f"set: {label} has VR {vr}, which a profile cannot set: set text or number "
-            "attributes only"
+            f"{label} has VR {vr}, which a profile cannot set: set text or number attributes only"
         )
 
 
@@ -95,27 +106,32 @@ class Deidentify(BaseModel):
     @classmethod
     def _secret_named(cls, v: Path) -> Path:
         if not str(v).strip() or str(v) == ".":
-            raise ValueError("secret_file is empty: name a file holding the secret key")
+            raise PydanticCustomError(
+                "profile", "secret_file is empty: name a file holding the secret key"
+            )
         return v
 
     @field_validator("options", mode="before")
     @classmethod
     def _known_options(cls, v: Any) -> Any:
         if isinstance(v, str):
-            raise ValueError(f"options must be a list, such as [{v}]")
+            raise PydanticCustomError("profile", f"options must be a list, such as [{v}]")
         if isinstance(v, list | tuple | set | frozenset):
             unknown = [o for o in v if o not in OPTIONS]
             if unknown:
-                raise ValueError(f"unknown option {unknown[0]!r}: use one of {', '.join(OPTIONS)}")
+                raise PydanticCustomError(
+                    "profile", f"unknown option {unknown[0]!r}: use one of {', '.join(OPTIONS)}"
+                )
         return v
 
     @model_validator(mode="after")
     def _one_date_option(self) -> Deidentify:
         both = {"retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"}
         if both <= self.options:
-            raise ValueError(
+            raise PydanticCustomError(
+                "profile",
                 "retain_longitudinal_full_dates and retain_longitudinal_modified_dates "
-                "exclude each other: keep one"
+                "exclude each other: keep one",
             )
         return self
 
@@ -134,14 +150,18 @@ class Profile(BaseModel):
     @classmethod
     def _valid_set(cls, v: Mapping[str, SetValue]) -> Mapping[str, SetValue]:
         for key, value in v.items():
-            _check_set_value(parse_attribute(key), value)
+            tag = _attribute(key)
+            try:
+                _check_set_value(tag, value)
+            except ValueError as e:
+                raise PydanticCustomError("profile", str(e)) from None
         return v
 
     @field_validator("remove")
     @classmethod
     def _valid_remove(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for key in v:
-            parse_attribute(key)
+            _attribute(key)
         return v
 
     @property

@@ -25,12 +25,12 @@ from router.store.spool import part10_header
 from tests.profiles.helpers import (
     IDENTIFYING,
     SECRET,
+    bundled,
     ct_instance,
     new_uid,
     part10,
     profile,
     read,
-    bundled,
 )
 
 BUNDLED = (
@@ -79,7 +79,9 @@ def test_bytes_and_path_sources_give_the_same_output() -> None:
 
 
 def test_a_restart_gives_byte_identical_output(tmp_path: Path) -> None:
-    src = part10(ct_instance(new_uid(), new_uid(), new_uid(), new_uid(), b"\x07" * 64), tmp_path / "a")
+    src = part10(
+        ct_instance(new_uid(), new_uid(), new_uid(), new_uid(), b"\x07" * 64), tmp_path / "a"
+    )
     first = whole(profile("retain_longitudinal_modified_dates"), src)
     # new objects throughout, as after a restart or on another node
     again = whole(
@@ -90,9 +92,7 @@ def test_a_restart_gives_byte_identical_output(tmp_path: Path) -> None:
         secret=bytes(bytearray(SECRET)),
     )
     assert first == again
-    assert whole(profile(), src, secret=b"another secret, another mapping") != whole(
-        profile(), src
-    )
+    assert whole(profile(), src, secret=b"another secret, another mapping") != whole(profile(), src)
 
 
 def test_uids_stay_consistent_across_the_instances_of_a_study(tmp_path: Path) -> None:

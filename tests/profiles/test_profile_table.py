@@ -154,8 +154,12 @@ def test_patient_name_and_id_become_the_pseudonym_at_every_depth(row: Row) -> No
 
 @pytest.mark.parametrize(
     ("tag", "vr", "cleaned"),
-    [(0x50003000, "OW", False), (0x501E0010, "US", True), (0x60003000, "OW", False)]
-    + [(0x60024000, "LT", True)],
+    [
+        (0x50003000, "OW", False),
+        (0x501E0010, "US", True),
+        (0x60003000, "OW", False),
+        (0x60024000, "LT", True),
+    ],
 )
 def test_repeating_groups_curves_and_overlays(tag: int, vr: str, cleaned: bool) -> None:
     for nested in (False, True):
