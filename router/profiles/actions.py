@@ -11,6 +11,8 @@ what each action writes:
   date-time back by the patient's keyed shift (the modified-dates option); keeps a time;
   writes a dummy into other text; removes binary values (overlay bitmaps cannot be
   cleaned here).
+- Removing an overlay's data (60xx,3000) removes its whole group (60xx,eeee): an overlay
+  plane without its data is not valid.
 - ``U`` replaces every UID value with its keyed replacement; a sequence under ``U`` (the
   ``X/Z/U*`` rows) is kept with the UIDs inside replaced.
 - ``K`` keeps the element (and applies the table inside a sequence).
@@ -145,7 +147,7 @@ class _Walker:
     def walk(self, ds: Dataset, prefix: str, dummy_rest: bool) -> None:
         for elem in list(ds):
             tag = int(elem.tag)
-            if tag in _PIXEL_TAGS:
+            if tag in _PIXEL_TAGS or tag not in ds:  # not in: went with its overlay group
                 continue
             where = prefix + attribute_label(tag)
             if tag & 0xFFFF == 0 or tag == 0x00080001:  # group lengths go stale on rewrite
@@ -183,7 +185,10 @@ class _Walker:
         self, ds: Dataset, elem: DataElement, action: Action, where: str, dummy_rest: bool
     ) -> None:
         vr = elem.VR
-        if action is Action.REMOVE:
+        if action is Action.REMOVE or (action is Action.CLEAN and vr in _BINARY_VRS):
+            if int(elem.tag) >> 16 & 0xFF01 == 0x6000 and int(elem.tag) & 0xFFFF == 0x3000:
+                self._remove_overlay(ds, int(elem.tag) >> 16, where)
+                return
             del ds[elem.tag]
             self.record(where, "removed")
         elif action is Action.ZERO:
@@ -203,6 +208,14 @@ class _Walker:
             self.record(where, "replaced with a dummy value")
         else:
             self._clean(ds, elem, where)
+
+    def _remove_overlay(self, ds: Dataset, group: int, where: str) -> None:
+        """Without its data an overlay plane is invalid (Rows, Columns, Origin are Type 1
+        for data that is not there): the whole group goes."""
+        for elem in list(ds):
+            if int(elem.tag) >> 16 == group:
+                del ds[elem.tag]
+        self.record(where, f"removed, with the rest of overlay group {group:04X}")
 
     def _uid(self, elem: DataElement, where: str) -> None:
         if elem.VR != "UI":
@@ -231,9 +244,6 @@ class _Walker:
                 self.record(where, "replaced with a dummy value")
         elif vr == "TM":
             return
-        elif vr in _BINARY_VRS:
-            del ds[elem.tag]
-            self.record(where, "removed (cannot be cleaned)")
         else:
             elem.value = dummy_value(vr)
             self.record(where, "cleaned (dummy value)")

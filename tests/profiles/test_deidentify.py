@@ -270,3 +270,16 @@ def test_describe_names_attributes_and_actions_but_no_values() -> None:
     ds.BurnedInAnnotation = "YES"
     (refused,) = describe(p, ds)
     assert "refused" in refused.action
+
+
+@pytest.mark.parametrize("options", [(), ("clean_graphics",)])
+def test_an_overlay_goes_whole_with_its_data(options: tuple[str, ...]) -> None:
+    ds = Dataset()
+    ds.add_new(0x60000010, "US", 4)  # Overlay Rows
+    ds.add_new(0x60000011, "US", 4)  # Overlay Columns
+    ds.add_new(0x60003000, "OW", b"\x00" * 2)
+    ds.add_new(0x60004000, "LT", "comment")
+    ds.add_new(0x60020010, "US", 4)  # another overlay, without data: left to the table
+    apply_profile(profile(*options), SECRET, ds)
+    assert not any(int(e.tag) >> 16 == 0x6000 for e in ds)
+    assert 0x60020010 in ds
