@@ -47,8 +47,9 @@ _PATIENT_NAME: Final = 0x00100010
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 #: VRs a dummied sequence replaces inside its items (names, text, dates: not codes, UIDs
 #: or numbers, which the table governs)
-_FREE_TEXT_VRS: Final = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM"})
-_FREE_TEXT_VRS_ALL: Final = _FREE_TEXT_VRS | {"UC", "UR", "UT"}
+_FREE_TEXT_VRS: Final = frozenset(
+    {"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
+)
 
 _DUMMY_TEXT: Final = {
     "AE": "ANONYMOUS",
@@ -170,7 +171,7 @@ class _Walker:
             if row is None:
                 if sequence:
                     self._items(elem, where, dummy_rest)
-                elif dummy_rest and elem.VR in _FREE_TEXT_VRS_ALL and not elem.is_empty:
+                elif dummy_rest and elem.VR in _FREE_TEXT_VRS and not elem.is_empty:
                     elem.value = dummy_value(elem.VR)
                     self.record(where, "replaced with a dummy value")
                 continue

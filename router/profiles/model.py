@@ -42,6 +42,17 @@ def _attribute(text: str) -> int:
         raise PydanticCustomError("profile", str(e)) from None
 
 
+def _known_keys(data: Any, what: str, keys: tuple[str, ...]) -> Any:
+    if isinstance(data, Mapping):
+        unknown = [k for k in data if k not in keys]
+        if unknown:
+            raise PydanticCustomError(
+                "profile",
+                f"unknown key {unknown[0]!r}: {what} has only {', '.join(keys)}",
+            )
+    return data
+
+
 def parse_attribute(text: str) -> int:
     """The tag that ``text`` names: a keyword (``InstitutionName``) or a tag written
     ``(gggg,eeee)``. Raises ValueError with the fix."""
@@ -102,6 +113,11 @@ class Deidentify(BaseModel):
     secret_file: Path = Field(description="keys every replacement UID and pseudonym")
     options: frozenset[str] = frozenset()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, data: Any) -> Any:
+        return _known_keys(data, "deidentify", ("secret_file", "options"))
+
     @field_validator("secret_file")
     @classmethod
     def _secret_named(cls, v: Path) -> Path:
@@ -145,6 +161,11 @@ class Profile(BaseModel):
     set_: Mapping[str, SetValue] = Field(default_factory=dict, alias="set")
     remove: tuple[str, ...] = ()
     allow_burned_in: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, data: Any) -> Any:
+        return _known_keys(data, "a profile", ("deidentify", "set", "remove", "allow_burned_in"))
 
     @field_validator("set_")
     @classmethod

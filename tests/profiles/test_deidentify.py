@@ -283,3 +283,18 @@ def test_an_overlay_goes_whole_with_its_data(options: tuple[str, ...]) -> None:
     apply_profile(profile(*options), SECRET, ds)
     assert not any(int(e.tag) >> 16 == 0x6000 for e in ds)
     assert 0x60020010 in ds
+
+
+def test_keyed_replacements_follow_the_contract() -> None:
+    import hashlib
+    import hmac
+
+    keyed = Keyed(SECRET)
+    original = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
+    digest = hmac.new(SECRET, original.encode(), hashlib.sha256).digest()
+    assert keyed.uid(original) == "2.25." + str(int.from_bytes(digest[:16], "big"))
+    assert keyed.uid(original + "\x00") == keyed.uid(original)  # UI padding is not the UID
+    assert len(keyed.uid("9" * 64)) <= 64 and is_valid(keyed.uid("1.2"))
+    assert keyed.pseudonym("MRN-1") == keyed.pseudonym("MRN-1 ") != keyed.pseudonym("MRN-2")
+    assert Keyed(b"another secret of enough bytes").pseudonym("MRN-1") != keyed.pseudonym("MRN-1")
+    assert keyed.uid("MRN-1") != keyed.pseudonym("MRN-1")

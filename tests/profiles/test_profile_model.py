@@ -62,8 +62,16 @@ def test_every_option_of_the_contract_is_accepted() -> None:
         ),
         ({"deidentify": {"secret_file": ""}}, "secret_file is empty: name a file"),
         ({"deidentify": {}}, "deidentify.secret_file: Field required"),
-        ({"deidentify": {"secret_file": "k", "secret": "x"}}, "deidentify.secret"),
-        ({"allow_burned": True}, "allow_burned: Extra inputs are not permitted"),
+        (
+            {"deidentify": {"secret_file": "k", "secret": "x"}},
+            "deidentify: unknown key 'secret': deidentify has only secret_file, options",
+        ),
+        (
+            {"allow_burned": True},
+            ": unknown key 'allow_burned': a profile has only deidentify, set, remove, "
+            "allow_burned_in",
+        ),
+        ({"set_": {}}, "unknown key 'set_'"),
         ({"remove": ["InstitutionNam"]}, "'InstitutionNam' is neither a DICOM keyword nor"),
         ({"remove": ["(0009,10x1)"]}, "write a keyword such as InstitutionName or a tag"),
         ({"set": {"Foo": "x"}}, "'Foo' is neither a DICOM keyword nor a tag"),
