@@ -160,7 +160,10 @@ def rewrite_part10(
     uid = apply_profile(profile, secret, ds)
     tail_bytes = b""
     if tail:
-        tail_ds = pydicom.dcmread(io.BytesIO(part10_header(sop_class, uid, str(ts)) + tail))
+        try:
+            tail_ds = pydicom.dcmread(io.BytesIO(part10_header(sop_class, uid, str(ts)) + tail))
+        except Exception as e:  # as above: a damaged file raises many kinds
+            raise RewriteError(f"the elements after the pixel data cannot be read: {e}") from None
         apply_profile(profile, secret, tail_ds, top_level=False)
         tail_bytes = _encode(tail_ds, ts)
     return Rewritten(

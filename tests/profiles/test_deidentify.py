@@ -16,6 +16,7 @@ from router.dicom.uids import is_valid
 from router.profiles import (
     BurnedInAnnotationError,
     Profile,
+    RewriteError,
     apply_profile,
     describe,
     rewrite_part10,
@@ -335,3 +336,12 @@ def test_no_identifying_value_of_a_bundled_file_is_left(name: str) -> None:
                 assert table().row_for(int(elem.tag)) is None, (keyword, elem.keyword)
                 assert elem.keyword not in IDENTIFYING_KEYWORDS
     assert checked >= 3
+
+
+def test_a_damaged_spool_file_is_a_rewrite_error(tmp_path: Path) -> None:
+    src = bundled("CT_small.dcm").read_bytes()
+    r = rewrite_part10(profile(), SECRET, src)
+    with pytest.raises(RewriteError, match="ends inside"):
+        rewrite_part10(profile(), SECRET, src[: r.pixel_offset + 100])
+    with pytest.raises(RewriteError, match="cannot be read as DICOM"):
+        rewrite_part10(profile(), SECRET, b"\x00" * 128 + b"DICX")
