@@ -161,6 +161,11 @@ class Forwarder:
         rt = self._runtimes.get(name)
         return len(rt.workers) if rt is not None else 0
 
+    def breaker(self, name: str) -> CircuitBreaker | None:
+        """The circuit breaker shared by the workers of ``name`` (None before it ran)."""
+        rt = self._runtimes.get(name)
+        return rt.breaker if rt is not None else None
+
     def _reconcile(self) -> None:
         if self._tg is None or self.stopping.is_set():
             return
@@ -179,10 +184,11 @@ class Forwarder:
         return rt
 
     def _start_workers(self, rt: DestinationRuntime) -> None:
-        plan = self._plan(rt)
-        if rt.group is None or plan is None:
+        # the config, not the plan: building a plan loads TLS files, not done at a swap
+        dest = self.config.destinations.get(rt.name)
+        if rt.group is None or dest is None:
             return
-        for index in range(plan.max_associations):
+        for index in range(dest.max_associations):
             if index not in rt.workers:
                 rt.workers.add(index)
                 rt.group.start_soon(self._worker, rt, index)
