@@ -98,9 +98,11 @@ class Session(Protocol):
     async def send(self, lease: Lease, ahead: Sequence[Lease]) -> SendResult:
         """Send ``lease``; return the destination's answer for it.
 
-        ``ahead`` are the leases the forwarder will send next on this session, in order
-        (they fit): a kind that sends many instances in one request may send them now
-        with ``lease`` and answer their later :meth:`send` calls from that response.
+        ``ahead`` are the leases queued behind ``lease`` on this session, in order (do
+        not change it); the forwarder sends each of them next unless it stops first
+        (stopping, a lease that does not fit). A kind that sends many instances in one
+        request may send some of them now with ``lease`` and answer their later
+        :meth:`send` calls from that response.
         Raise :class:`TransportError` when no answer came back (the forwarder then
         ends the session and decides for ``lease`` and the rest)."""
         ...

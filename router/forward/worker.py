@@ -84,6 +84,9 @@ class _Batch:
     last_lease: int
     current: Lease | None = None
     delivered: list[tuple[int, int]] = field(default_factory=list)
+    # the session waited idle and has not been answered since: the peer may have
+    # closed it meanwhile (its idle timeout), which is not the instance's fault
+    idle_resumed: bool = False
 
 
 class Forwarder:
@@ -354,6 +357,7 @@ class Forwarder:
             lease = batch.current = batch.unsent.pop(0)
             result = await session.send(lease, batch.unsent)
             batch.current = None
+            batch.idle_resumed = False
             await self._record(rt, lease, result, batch)
 
     async def _more(
@@ -369,15 +373,18 @@ class Forwarder:
             await anyio.sleep(LINGER)
         await self._flush(batch.delivered)
         deadline = anyio.current_time() + plan.idle_release
+        waited = False
         while True:
             more = await self._queue.lease(rt.name, plan.batch_size, plan.lease_seconds)
             batch.last_lease = len(more)
             if more:
                 batch.unsent.extend(more)
+                batch.idle_resumed = waited
                 return True
             left = deadline - anyio.current_time()
             if left <= 0 or self._wanted(rt, index) is None:
                 return False
+            waited = True
             due = self._queue.next_due(rt.name)
             await self._wait_for_work(
                 rt.name, left if due is None else min(left, max(0.0, due - self._clock()))
@@ -387,6 +394,20 @@ class Forwarder:
         self, rt: DestinationRuntime, plan: destination.Plan, batch: _Batch, e: TransportError
     ) -> None:
         current = batch.current
+        if current is not None and batch.idle_resumed and e.failure is TransportFailure.ABORTED:
+            # the peer closed the association while it waited idle: send again on a new
+            # one at once; the attempt is not counted, the destination is not down
+            logs.event(
+                log,
+                logging.INFO,
+                "idle_association_lost",
+                destination=rt.name,
+                error=str(e),
+                in_flight=current.instance_id,
+            )
+            batch.unsent.insert(0, current)
+            batch.current = None
+            return
         logs.event(
             log,
             logging.WARNING,

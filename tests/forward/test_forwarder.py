@@ -4,6 +4,7 @@ breaker, presentation contexts and conversion, and reload."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anyio
@@ -282,3 +283,25 @@ async def test_an_association_lost_mid_store_retries_the_instance_in_flight_only
     assert {row.last_error for row in rest} == {rest[0].last_error}
     assert (rest[0].last_error or "").startswith("cannot connect")
     assert first.last_error != rest[0].last_error
+
+
+@pytest.mark.asyncio
+async def test_an_idle_association_the_peer_closed_is_replaced_without_a_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="router.forward")
+    handler = ScriptedHandler()
+    async with acceptor(handler, network_timeout=0.2) as port:  # the PACS's idle timeout
+        cfg = config(tmp_path, {"pacs": {"port": port, "idle_release": "30s"}})
+        async with rig(tmp_path, cfg) as r:
+            first, _ = await commit(r.queue, ["pacs"])
+            await until(lambda: len(handler.received) == 1)
+            await until(lambda: len(handler.closed) == 1)  # the peer gave up on it
+            second, _ = await commit(r.queue, ["pacs"])
+            await until(lambda: len(handler.received) == 2)
+            breaker = r.forwarder.breaker("pacs")
+            assert breaker is not None and breaker.consecutive_failures == 0
+    assert [x.sop_instance_uid for x in handler.received] == [first, second]
+    assert len(handler.opened) == 2
+    assert "idle_association_lost" in caplog.messages
+    assert "retry_scheduled" not in caplog.messages
