@@ -18,7 +18,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -101,8 +101,10 @@ class Forwarder:
         *,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        linger: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.config = config
+        self._linger = linger
         self._queue = queue
         self._metrics = metrics
         self._rand = rand
@@ -370,7 +372,7 @@ class Forwarder:
         if batch.last_lease < plan.batch_size:
             # caught up with the senders: let a batch gather instead of paying a queue
             # transaction for every instance
-            await anyio.sleep(LINGER)
+            await self._linger(LINGER)
         await self._flush(batch.delivered)
         deadline = anyio.current_time() + plan.idle_release
         waited = False

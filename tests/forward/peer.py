@@ -5,7 +5,7 @@ directory; and a Forwarder started in the test's task group."""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from router.dicom import (
 from router.forward.worker import Forwarder
 from router.metrics import Metrics
 from router.samples import make_dataset
-from router.store.queue import InstanceRecord, Queue
+from router.store.queue import InstanceRecord, Lease, Queue
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = str(ExplicitVRLittleEndian)
@@ -161,22 +161,39 @@ class Rig:
     forwarder: Forwarder
     metrics: Metrics
     clock: Clock
+    leased: list[int]
 
 
 @asynccontextmanager
 async def rig(
-    tmp_path: Path, cfg: Config, *, clock: Clock | None = None, rand: float = 0.5
+    tmp_path: Path,
+    cfg: Config,
+    *,
+    clock: Clock | None = None,
+    rand: float = 0.5,
+    linger: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncIterator[Rig]:
-    """A running Queue on ``tmp_path`` and a Forwarder for ``cfg``; stopped at the end."""
+    """A running Queue on ``tmp_path`` and a Forwarder for ``cfg``; stopped at the end.
+    ``rig.leased`` records the size of every batch the forwarder leased."""
     clock = clock or Clock()
     queue = Queue(tmp_path / "storage", clock=clock)
+    leased: list[int] = []
+    lease = queue.lease
+
+    async def recording_lease(destination: str, limit: int, lease_seconds: float) -> list[Lease]:
+        got = await lease(destination, limit, lease_seconds)
+        if got:
+            leased.append(len(got))
+        return got
+
+    queue.lease = recording_lease  # type: ignore[method-assign]  # the real queue, observed
     metrics = Metrics(version="test")
-    fwd = Forwarder(cfg, queue, metrics, rand=lambda: rand, clock=clock)
+    fwd = Forwarder(cfg, queue, metrics, rand=lambda: rand, clock=clock, linger=linger)
     async with anyio.create_task_group() as tg:
         await tg.start(queue.run)
         await tg.start(fwd.run)
         try:
-            yield Rig(queue, fwd, metrics, clock)
+            yield Rig(queue, fwd, metrics, clock, leased)
         finally:
             fwd.stop()
             with anyio.fail_after(10):

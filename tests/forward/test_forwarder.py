@@ -14,6 +14,7 @@ from router.dicom import Acceptor, AcceptorConfig, Rejection
 from router.forward import destination
 from router.forward.kind import TransportError
 from router.forward.outcome import TransportFailure
+from router.forward.worker import LINGER
 from router.store.queue import Entry, Filter, Queue
 from tests.async_peers import until
 from tests.forward.peer import (
@@ -64,7 +65,8 @@ async def test_a_batch_goes_on_one_association_in_queue_order_bytes_as_received(
     assert [x.sop_instance_uid for x in handler.received] == [uid for uid, _ in sent]
     assert [x.data for x in handler.received] == [data for _, data in sent]
     assert {x.transfer_syntax for x in handler.received} == {EXPLICIT}
-    assert len(handler.opened) == 1  # three leases of 3, 3, 1 on the same association
+    assert len(handler.opened) == 1  # three leases on the same association
+    assert r.leased == [3, 3, 1]
 
 
 @pytest.mark.asyncio
@@ -305,3 +307,31 @@ async def test_an_idle_association_the_peer_closed_is_replaced_without_a_retry(
     assert len(handler.opened) == 2
     assert "idle_association_lost" in caplog.messages
     assert "retry_scheduled" not in caplog.messages
+
+
+@pytest.mark.asyncio
+async def test_a_caught_up_worker_lingers_so_instances_arriving_meanwhile_share_a_lease(
+    tmp_path: Path,
+) -> None:
+    handler = ScriptedHandler()
+    pauses: list[float] = []
+    arrived: list[str] = []
+    queue_of: list[Queue] = []
+
+    async def linger(seconds: float) -> None:  # three instances arrive while it lingers
+        pauses.append(seconds)
+        if len(pauses) == 1:
+            for _ in range(3):
+                uid, _ = await commit(queue_of[0], ["pacs"])
+                arrived.append(uid)
+
+    async with acceptor(handler) as port:
+        cfg = config(tmp_path, {"pacs": {"port": port, "batch_size": 10}})
+        async with rig(tmp_path, cfg, linger=linger) as r:
+            queue_of.append(r.queue)
+            first, _ = await commit(r.queue, ["pacs"])
+            await until(lambda: len(handler.received) == 4)
+    assert pauses[0] == LINGER
+    assert r.leased[:2] == [1, 3]  # one lease for the three, not three
+    assert [x.sop_instance_uid for x in handler.received] == [first, *arrived]
+    assert len(handler.opened) == 1
