@@ -4,7 +4,9 @@ breaker, presentation contexts and conversion, and reload."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sized
 from pathlib import Path
 
 import anyio
@@ -29,6 +31,10 @@ from tests.forward.peer import (
 )
 
 PRIVATE_SOP = "1.2.826.0.1.3680043.9.9999.1"
+
+
+def has(items: Sized, n: int) -> bool:
+    return len(items) == n
 
 
 async def rows(q: Queue, uid: str) -> list[Entry]:
@@ -79,7 +85,7 @@ async def test_a_stream_with_gaps_shorter_than_idle_release_uses_one_association
         async with rig(tmp_path, cfg) as r:
             for n in range(1, 6):
                 await commit(r.queue, ["pacs"])
-                await until(lambda n=n: len(handler.received) == n)  # caught up each time
+                await until(functools.partial(has, handler.received, n))  # caught up each time
             assert handler.closed == []  # still open, waiting for more
     assert len(handler.opened) == 1
 
@@ -92,7 +98,7 @@ async def test_an_idle_association_is_released_after_idle_release(tmp_path: Path
         async with rig(tmp_path, cfg) as r:
             for n in range(1, 4):
                 await commit(r.queue, ["pacs"])
-                await until(lambda n=n: len(handler.closed) == n)
+                await until(functools.partial(has, handler.closed, n))
     assert handler.closed == ["released"] * 3
     assert len(handler.opened) == 3
 
