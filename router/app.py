@@ -1,7 +1,8 @@
 """Composition root: config -> objects -> one task group; signals.
 
 One anyio task group owns every task of a running router: the queue's commit loop, the
-HTTP endpoint, the forward workers, the DICOM acceptor and the signal handler. SIGTERM
+HTTP endpoint, the forwarder (which owns its destinations' workers), the DICOM acceptor
+and the signal handler. SIGTERM
 and SIGINT stop gracefully (no new associations, in-flight C-STOREs finish and are
 acknowledged, workers stop after their current send, then the queue closes). SIGHUP
 reloads the config, and so does a change of the config or rule files (polled by
