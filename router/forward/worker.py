@@ -244,10 +244,12 @@ class Forwarder:
             rt.workers.discard(index)
 
     async def _round(self, rt: DestinationRuntime, plan: destination.Plan, index: int) -> None:
+        # taken before looking: a change (reload, breaker) from now on ends the wait below
+        changed = rt.changed
         now = self._clock()
         if not rt.breaker.allow(now):
             probe_at = rt.breaker.next_probe_at()
-            await self._wait(rt, None if probe_at is None else max(0.0, probe_at - now))
+            await self._wait(changed, None if probe_at is None else max(0.0, probe_at - now))
             return
         if rt.breaker.consecutive_failures >= rt.breaker.failure_threshold:
             await self._probe(rt, plan)  # half-open: this worker holds the one probe
@@ -256,12 +258,12 @@ class Forwarder:
         if not leases:
             due = self._queue.next_due(rt.name)
             timeout = IDLE_RECHECK if due is None else max(0.0, due - self._clock())
-            await self._wait_for_work(rt.name, min(timeout, IDLE_RECHECK))
+            await self._wait_for_work(rt.name, changed, min(timeout, IDLE_RECHECK))
             return
         await self._session(rt, plan, index, leases)
 
-    async def _wait(self, rt: DestinationRuntime, timeout: float | None) -> None:
-        """Until ``timeout``, a config change or stopping."""
+    async def _wait(self, changed: anyio.Event, timeout: float | None) -> None:
+        """Until ``timeout``, ``changed`` or stopping."""
         with anyio.move_on_after(IDLE_RECHECK if timeout is None else timeout):
             async with anyio.create_task_group() as tg:
 
@@ -270,14 +272,15 @@ class Forwarder:
                     tg.cancel_scope.cancel()
 
                 async def change_waiter() -> None:
-                    await rt.changed.wait()
+                    await changed.wait()
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(stop_waiter)
                 tg.start_soon(change_waiter)
 
-    async def _wait_for_work(self, name: str, timeout: float) -> None:
-        """Until work may be due, ``timeout`` or stopping."""
+    async def _wait_for_work(self, name: str, changed: anyio.Event, timeout: float) -> None:
+        """Until work may be due, ``changed`` (the destination's config or breaker),
+        ``timeout`` or stopping."""
         with anyio.move_on_after(timeout):
             async with anyio.create_task_group() as tg:
 
@@ -289,8 +292,13 @@ class Forwarder:
                     await self._queue.wait_for_work(name, timeout)
                     tg.cancel_scope.cancel()
 
+                async def change_waiter() -> None:
+                    await changed.wait()
+                    tg.cancel_scope.cancel()
+
                 tg.start_soon(stop_waiter)
                 tg.start_soon(work_waiter)
+                tg.start_soon(change_waiter)
 
     def _up(self, rt: DestinationRuntime, up: bool) -> None:
         now = self._clock()
@@ -377,6 +385,7 @@ class Forwarder:
         deadline = anyio.current_time() + plan.idle_release
         waited = False
         while True:
+            changed = rt.changed
             more = await self._queue.lease(rt.name, plan.batch_size, plan.lease_seconds)
             batch.last_lease = len(more)
             if more:
@@ -389,7 +398,7 @@ class Forwarder:
             waited = True
             due = self._queue.next_due(rt.name)
             await self._wait_for_work(
-                rt.name, left if due is None else min(left, max(0.0, due - self._clock()))
+                rt.name, changed, left if due is None else min(left, max(0.0, due - self._clock()))
             )
 
     async def _session_failed(
