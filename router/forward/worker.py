@@ -67,6 +67,7 @@ class DestinationRuntime:
     source: Destination | None = None  # the config the plan was built from
     ssl_context: ssl.SSLContext | None = None
     tls_source: object = None
+    running: bool = False  # its task is started (``group`` is set once it runs)
     group: anyio.abc.TaskGroup | None = None  # the destination's workers, while running
     workers: set[int] = field(default_factory=set)
 
@@ -176,10 +177,11 @@ class Forwarder:
             return
         for name in self.config.destinations:
             rt = self._runtime(name)
-            if rt.group is None:
+            if not rt.running:
+                rt.running = True
                 self._tg.start_soon(self._destination, rt)
             else:
-                self._start_workers(rt)
+                self._start_workers(rt)  # none yet while its task has not begun: it will
 
     def _runtime(self, name: str) -> DestinationRuntime:
         rt = self._runtimes.get(name)
@@ -204,6 +206,7 @@ class Forwarder:
             rt.group = group
             self._start_workers(rt)
         rt.group = None
+        rt.running = False
         if rt.name not in self.config.destinations and self._runtimes.get(rt.name) is rt:
             del self._runtimes[rt.name]
         elif not self.stopping.is_set():

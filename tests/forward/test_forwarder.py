@@ -250,7 +250,9 @@ async def test_reload_removes_a_destination_and_changes_its_worker_count(tmp_pat
             uid, _ = await commit(r.queue, ["pacs"])
             assert (await one_row(r.queue, uid)).state == "pending"  # kept, visible
             r.forwarder.reconfigure(none, one)  # back: its deliveries go out
+            r.forwarder.reconfigure(one, three)  # and again before its task began
             await until(lambda: len(handler.received) == 1)
+            await until(lambda: r.forwarder.workers("pacs") == 3)
     assert handler.received[0].sop_instance_uid == uid
 
 
