@@ -198,6 +198,20 @@ class Destination(_Model):
     # Convert to this lossless syntax whenever the destination accepts it (else the
     # original is sent when accepted, else the first lossless syntax it accepts).
     transcode_to: TransferSyntax | None = None
+    # An association that has caught up stays open this long for the next instance
+    # before it is released; keep it below the destination's own idle timeout.
+    idle_release: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _idle_below_network_timeout(self) -> Destination:
+        if self.idle_release >= self.network_timeout:
+            raise custom(
+                "idle_release",
+                f"idle_release ({self.idle_release:g}s) is not below network_timeout "
+                f"({self.network_timeout:g}s): an idle association would time out first; "
+                "lower idle_release",
+            )
+        return self
 
 
 class Transcode(_Model):
