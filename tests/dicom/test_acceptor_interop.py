@@ -21,6 +21,7 @@ from dicom_helpers import (
     running,
     wait_for,
 )
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
@@ -58,10 +59,10 @@ def part10_files() -> dict[str, list[tuple[Path, int]]]:
             continue
         try:
             meta, offset = split_dataset(path)
-            ts = str(meta.TransferSyntaxUID)
-        except Exception:
+        except InvalidDicomError:
             continue  # no file meta: no "data set part after the meta" to compare
-        groups[ts].append((path, offset))
+        if "TransferSyntaxUID" in meta:  # not in meta_missing_tsyntax.dcm
+            groups[str(meta.TransferSyntaxUID)].append((path, offset))
     return groups
 
 
