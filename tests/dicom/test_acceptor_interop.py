@@ -15,7 +15,6 @@ from dicom_helpers import (
     config,
     delayed_acks,
     echo,
-    free_port,
     needs_tcp_counters,
     run_tool,
     running,
@@ -28,8 +27,9 @@ from pynetdicom.dsutils import split_dataset
 from router.dicom import Acceptor
 from router.samples import write_many
 from tests.async_peers import storescp
+from tests.ports import reserve_port
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -132,7 +132,7 @@ async def test_storescu_every_pydicom_test_file(
     # bit-preserved, from the same storescu
     assert len(differ) < len(sent) // 2
     oracle = tmp_path / "oracle"
-    oracle_port = free_port()
+    oracle_port = reserve_port()  # storescp cannot bind port 0
     async with storescp(oracle_port, oracle, "+B", "+uf", "+xa"):
         for path, ts, ours in differ:
             existing = set(oracle.iterdir())
