@@ -29,10 +29,10 @@ from benchmarks.dicomfiles import FileMeta
 from benchmarks.procs import (
     BenchError,
     Usage,
-    free_port,
     proc_usage,
     read_line,
     reap,
+    reserve_port,
     running,
     spawn,
     try_reap,
@@ -281,7 +281,7 @@ def run_dcmtk_pair(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     rd = RunDir(settings, "dcmtk-pair")
     try:
         out = rd.out()
-        port = free_port()
+        port = reserve_port()
         deadline = time.monotonic() + settings.timeout
         with running(_storescp(settings, rd, out, port)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")
@@ -365,7 +365,7 @@ def _run_requestor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: b
     rd = RunDir(settings, name)
     try:
         out = rd.out()
-        port = free_port()
+        port = reserve_port()
         deadline = time.monotonic() + settings.timeout
         with running(_storescp(settings, rd, out, port, nodelay=nodelay)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")
@@ -597,7 +597,7 @@ def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     try:
         out = rd.out()
         storage = rd.sub("storage")
-        dest_port, port, http_port = free_port(), free_port(), free_port()
+        dest_port, port, http_port = reserve_port(), reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
         cfg.write_text(
             ROUTER_CONFIG.format(
@@ -687,7 +687,7 @@ def run_router_ingest(settings: Settings, inputs: InputSet, rnd: int) -> RunResu
     rd = RunDir(settings, "router-ingest")
     try:
         storage = rd.sub("storage")
-        port, http_port = free_port(), free_port()
+        port, http_port = reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
         cfg.write_text(
             INGEST_CONFIG.format(
