@@ -118,6 +118,8 @@ def _compressed_test_files() -> list[Path]:
     out = []
     for name in sorted(os.listdir(TEST_FILES)):
         path = TEST_FILES / name
+        if not path.is_file():  # dicomdirtests/
+            continue
         try:
             ds = dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:  # pydicom's test data has files without a file meta
