@@ -18,8 +18,6 @@ from router.dicom._stream import PduStream, PeerClosed
 from router.dicom.errors import DicomTimeout, PduTooLarge
 from tests.async_peers import until
 
-pytestmark = pytest.mark.anyio
-
 
 def make_pdu(pdu_type: int, body: bytes) -> bytes:
     return struct.pack(">BxL", pdu_type, len(body)) + body
@@ -67,6 +65,7 @@ def pdus_for(seed: int) -> list[bytes]:
     return [make_pdu(4, rng.randbytes(n)) for n in sizes]
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("generic", [False, True])
 async def test_pdus_in_random_pieces_arrive_whole_and_stay_valid(generic: bool) -> None:
     pdus = pdus_for(7)
@@ -97,6 +96,7 @@ async def test_pdus_in_random_pieces_arrive_whole_and_stay_valid(generic: bool) 
         assert [bytes(p) for p in got] == pdus
 
 
+@pytest.mark.asyncio
 async def test_data_received_before_taking_over_is_kept() -> None:
     async with tcp_pair() as (client, server):
         first, second = make_pdu(1, b"x" * 100), make_pdu(5, b"\0" * 4)
@@ -108,6 +108,7 @@ async def test_data_received_before_taking_over_is_kept() -> None:
         assert [bytes((await ps.read_pdu(1 << 16, 5))[1]) for _ in range(2)] == [first, second]
 
 
+@pytest.mark.asyncio
 async def test_header_limit_checked_before_buffering() -> None:
     async with tcp_pair() as (client, server):
         ps = PduStream(server, network_timeout=5)
@@ -116,6 +117,7 @@ async def test_header_limit_checked_before_buffering() -> None:
             await ps.read_pdu(16384, 5)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("generic", [False, True])
 async def test_stall_inside_a_pdu_times_out(generic: bool) -> None:
     async with tcp_pair() as (client, server):
@@ -126,6 +128,7 @@ async def test_stall_inside_a_pdu_times_out(generic: bool) -> None:
                 await ps.read_pdu(16384, 30)
 
 
+@pytest.mark.asyncio
 async def test_trickle_inside_a_pdu_times_out() -> None:
     """Bytes keep coming, but the PDU is not whole within network_timeout of its first."""
     async with tcp_pair() as (client, server):
@@ -144,6 +147,7 @@ async def test_trickle_inside_a_pdu_times_out() -> None:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.asyncio
 async def test_idle_timeout_between_pdus() -> None:
     async with tcp_pair() as (_client, server):
         ps = PduStream(server, network_timeout=30)
@@ -151,6 +155,7 @@ async def test_idle_timeout_between_pdus() -> None:
             await ps.read_pdu(16384, 0.3)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("generic", [False, True])
 async def test_eof_inside_a_pdu_is_peer_closed(generic: bool) -> None:
     async with tcp_pair() as (client, server):
@@ -161,6 +166,7 @@ async def test_eof_inside_a_pdu_is_peer_closed(generic: bool) -> None:
             await ps.read_pdu(16384, 5)
 
 
+@pytest.mark.asyncio
 async def test_unread_data_is_bounded() -> None:
     """A peer sending far more than we read: we stop reading the socket."""
     async with tcp_pair() as (client, server):
@@ -186,6 +192,7 @@ async def test_unread_data_is_bounded() -> None:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.asyncio
 async def test_send_to_a_peer_that_does_not_read_times_out() -> None:
     async with tcp_pair() as (_client, server):
         ps = PduStream(server, network_timeout=0.5)
@@ -194,6 +201,7 @@ async def test_send_to_a_peer_that_does_not_read_times_out() -> None:
                 await ps.send(b"\0" * 1_000_000)
 
 
+@pytest.mark.asyncio
 async def test_send_after_peer_closed() -> None:
     async with tcp_pair() as (client, server):
         ps = PduStream(server, network_timeout=5)
@@ -204,6 +212,7 @@ async def test_send_after_peer_closed() -> None:
                 await anyio.sleep(0.001)
 
 
+@pytest.mark.asyncio
 async def test_cancelled_while_waiting() -> None:
     async with tcp_pair() as (client, server):
         ps = PduStream(server, network_timeout=5)
