@@ -13,11 +13,6 @@ from tests.ports import release_reserved_ports
 DCMTK_TOOLS = ("storescu", "storescp", "echoscu")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(autouse=True)
 def _reserved_ports() -> Iterator[None]:
     """Ports reserved by a test (tests/ports.py) are held until it ends."""
