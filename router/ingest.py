@@ -37,6 +37,7 @@ from router.dicom import (
     StoreHandler,
     StoreRefused,
     StoreRequest,
+    uids,
 )
 from router.metrics import Metrics
 from router.store.queue import CommitResult, InstanceRecord, Queue, QueueClosed
@@ -422,10 +423,10 @@ class Ingest(StoreHandler):
 # Transfer syntaxes whose data set pydicom can read straight from the bytes; deflated
 # (and anything unknown) goes through dcmread, which inflates.
 _ENCODINGS = {
-    "1.2.840.10008.1.2": (True, True),  # implicit VR little endian
-    "1.2.840.10008.1.2.2": (False, False),  # explicit VR big endian (retired)
+    uids.IMPLICIT_VR_LE: (True, True),
+    uids.EXPLICIT_VR_BE: (False, False),  # retired
 }
-_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"}
+_DEFLATED = frozenset({uids.DEFLATED_EXPLICIT_VR_LE, uids.JPIP_REFERENCED_DEFLATE})
 
 
 def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
