@@ -133,7 +133,14 @@ class Acceptor:
 
     @property
     def active(self) -> int:
+        """Associations established and not yet ended."""
         return len(self._active)
+
+    @property
+    def negotiating(self) -> int:
+        """Connections accepted and not yet associated (TLS handshake, waiting for their
+        A-ASSOCIATE-RQ, being rejected)."""
+        return self._negotiating
 
     def update(self, config: AcceptorConfig) -> None:
         """Hot reload: AE checks, limits and timeouts apply to new associations. The
@@ -323,25 +330,28 @@ class Acceptor:
         info = AssociationInfo(aid, rq.calling_ae, rq.called_ae, host, port)
         # 2. decide
         rejection = check_ae_titles(rq, cfg.ae_title, cfg.check_called_ae, cfg.calling_ae_titles)
-        if rejection is None and (not self._accepting or len(self._active) >= cfg.max_associations):
+        if rejection is None and not self._accepting:
+            rejection = Rejection.shutting_down()
+        if rejection is None and len(self._active) >= cfg.max_associations:
             rejection = Rejection.too_many_associations()
         if rejection is None:
             try:
                 rejection = self.handler.check_association(info)
             except Exception:
                 log.exception("handler_error", extra=_kv(hook="check_association", assoc=aid))
-                rejection = Rejection.temporary_congestion()
+                rejection = Rejection.internal_error()
         if rejection is not None:
-            log.info(
+            log.warning(
                 "association_rejected",
                 extra=_kv(
                     assoc=aid,
                     calling_ae=rq.calling_ae,
                     called_ae=rq.called_ae,
                     peer=peer,
+                    reason=rejection.cause,
                     result=rejection.result,
                     source=rejection.source,
-                    reason=rejection.reason,
+                    code=rejection.reason,
                 ),
             )
             machine.rejected()
@@ -393,7 +403,7 @@ class Acceptor:
         peer = f"{info.peer_host}:{info.peer_port}"
         await ps.send(encode_associate_ac(rq, results, cfg.max_pdu_length))
         log.info(
-            "association_accepted",
+            "association_opened",
             extra=_kv(
                 assoc=info.id,
                 calling_ae=info.calling_ae,

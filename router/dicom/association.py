@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pynetdicom.presentation import (
     PresentationContext,
@@ -42,11 +42,18 @@ _TS_SET = frozenset(uids.ALL_TRANSFER_SYNTAXES)
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An A-ASSOCIATE-RJ: result 1 permanent / 2 transient; source 1 service user,
-    2 provider (ACSE), 3 provider (presentation); reason per source (PS3.8 9.3.4)."""
+    2 provider (ACSE), 3 provider (presentation); reason per source (PS3.8 9.3.4).
+
+    ``cause`` says why the router rejected, for logs and the
+    ``associations_rejected_total{reason}`` label: one wire code can have several causes
+    (a shutdown and a failing handler both answer a transient (2,3,1)), so the cause is
+    decided where the rejection is made, not read back from the code. It takes no part
+    in equality: two rejections are equal when the peer sees the same answer."""
 
     result: int
     source: int
     reason: int
+    cause: str = field(default="other", compare=False)
 
     @property
     def transient(self) -> bool:
@@ -58,28 +65,46 @@ class Rejection:
 
     @classmethod
     def application_context_not_supported(cls) -> Rejection:
-        return cls(1, 1, 2)
+        return cls(1, 1, 2, "application_context_not_supported")
 
     @classmethod
     def calling_ae_not_recognized(cls) -> Rejection:
-        return cls(1, 1, 3)
+        return cls(1, 1, 3, "calling_ae_not_recognized")
+
+    @classmethod
+    def host_not_allowed(cls) -> Rejection:
+        """The calling AE title may not associate from this peer's address. On the wire
+        a (1,1,3) like an unknown calling AE: PS3.8 has no reason for addresses."""
+        return cls(1, 1, 3, "host_not_allowed")
 
     @classmethod
     def called_ae_not_recognized(cls) -> Rejection:
-        return cls(1, 1, 7)
+        return cls(1, 1, 7, "called_ae_not_recognized")
 
     @classmethod
     def protocol_version_not_supported(cls) -> Rejection:
-        return cls(1, 2, 2)
+        return cls(1, 2, 2, "protocol_version")
 
     @classmethod
     def temporary_congestion(cls) -> Rejection:
-        return cls(2, 3, 1)
+        return cls(2, 3, 1, "temporary_congestion")
+
+    @classmethod
+    def shutting_down(cls) -> Rejection:
+        """The router is stopping: transient, so the sender retries (another node, or
+        this one after its restart)."""
+        return cls(2, 3, 1, "shutting_down")
+
+    @classmethod
+    def internal_error(cls) -> Rejection:
+        """The router could not decide (its handler failed): transient, the sender
+        retries, and the failure is logged with its traceback."""
+        return cls(2, 3, 1, "internal_error")
 
     @classmethod
     def too_many_associations(cls) -> Rejection:
         """Transient, presentation provider: local limit exceeded."""
-        return cls(2, 3, 2)
+        return cls(2, 3, 2, "too_many_associations")
 
     def __str__(self) -> str:
         return f"result={self.result} source={self.source} reason={self.reason}"
