@@ -196,8 +196,8 @@ class Acceptor:
             try:
                 sock, addr = await loop.sock_accept(listening)
             except asyncio.CancelledError:
-                # a cancelled sock_accept can leave its reader registered (CPython
-                # gh-85489): remove it before the socket is closed
+                # a cancelled sock_accept can leave its reader registered with the
+                # selector on some Python versions: remove it before the socket closes
                 with contextlib.suppress(ValueError, NotImplementedError):
                     loop.remove_reader(listening)
                 raise
@@ -264,14 +264,18 @@ class Acceptor:
 
     async def _open(self, aid: str, sock: socket.socket, peer: str) -> PduStream | None:
         """The connection's PduStream: our buffered protocol on plain TCP, anyio's
-        TLSStream with TLS. None (logged, counted, the socket closed) when the TLS
-        handshake fails."""
+        TLSStream with TLS. None (logged, the socket closed) when the peer went away
+        before the TLS handshake or the handshake failed (then counted too)."""
         cfg = self.config
-        set_nodelay(sock)
         if cfg.ssl_context is None:
-            return await PduStream.accepted(sock, cfg.network_timeout)
+            return await PduStream.accepted(sock, cfg.network_timeout)  # sets TCP_NODELAY
+        set_nodelay(sock)  # before the handshake, whose flights are small
         try:
             tcp = await SocketStream.from_socket(sock)
+        except (OSError, ValueError):  # reset before we got to it (ValueError: "not connected")
+            sock.close()
+            log.info("closed_before_associate", extra=_kv(assoc=aid, peer=peer))
+            return None
         except BaseException:
             sock.close()
             raise
