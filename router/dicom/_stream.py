@@ -257,21 +257,6 @@ class PduStream:
         )
         return cls._over(rx, network_timeout)
 
-    @property
-    def peer(self) -> tuple[str, int]:
-        """(host, port) of the peer, or ("?", 0)."""
-        try:
-            if self._rx is not None:
-                addr = self._rx.transport.get_extra_info("peername")
-            else:
-                assert self.stream is not None
-                addr = self.stream.extra(SocketAttribute.remote_address)
-        except Exception:
-            return "?", 0
-        if isinstance(addr, tuple):
-            return str(addr[0]), int(addr[1])
-        return str(addr), 0
-
     # -- the buffered protocol path ------------------------------------------------
 
     async def _wait_rx(self, rx: _Receiver, need: int, timeout: float | None, what: str) -> None:
@@ -399,7 +384,7 @@ class PduStream:
             raise PeerClosed()
         return handle
 
-    # -- the generic path (TLS, other backends) -------------------------------------
+    # -- the generic path (TLS) ----------------------------------------------------
 
     async def _receive(self, timeout: float | None, deadline: float | None = None) -> None:
         stream = self.stream

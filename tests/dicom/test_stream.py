@@ -239,7 +239,6 @@ async def test_connect_reads_through_our_protocol_with_nodelay() -> None:
             assert ps._rx is not None
             sock = ps._rx.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-            assert ps.peer == ("127.0.0.1", port)
             await asyncio.get_running_loop().sock_sendall(server, make_pdu(2, b"ac"))
             assert bytes((await ps.read_pdu(1 << 16, 5))[1]) == make_pdu(2, b"ac")
         finally:
