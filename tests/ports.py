@@ -42,6 +42,15 @@ def release_reserved_ports() -> None:
         _held.pop().close()
 
 
+def unreserved_port(host: str = "127.0.0.1") -> int:
+    """A port free right now, NOT held: only for a server that can neither bind port 0
+    and report it nor share a reserved port (Orthanc: started once per session, so a
+    per-test reservation would not outlive it). Use it inside a retry on bind failure."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def bound_port(server: Any) -> int:
     """The port a pynetdicom AssociationServer bound (started on port 0)."""
     return int(server.server_address[1])

@@ -258,7 +258,7 @@ async def test_log_events_are_structured_and_carry_no_patient_data(
         assert await echo(port) == 0
     records = [r for r in caplog.records if r.name.startswith("router.dicom")]
     events = {r.getMessage() for r in records}
-    assert {"association_accepted", "c_store", "association_closed"} <= events
+    assert {"association_opened", "c_store", "association_closed"} <= events
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", e) for e in events), events
     stored = [r for r in records if r.getMessage() == "c_store"]
     assert {r.__dict__["sop_instance_uid"] for r in stored} == {
