@@ -17,8 +17,10 @@ deps: $(VENV)/.installed
 
 # Debian packages the suite talks to: DCMTK (reference DICOM peers: storescu, storescp,
 # echoscu; Debian builds them with TLS), promtool (prometheus) and systemd-analyze
-# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls).
-SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl
+# (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls),
+# postgresql (tests/pg start a throwaway server of their own for the cluster queue).
+SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl \
+  pg_ctlcluster:postgresql
 dcmtk:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
