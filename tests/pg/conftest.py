@@ -24,5 +24,5 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def pg_dsn(pg_server: PgServer) -> str:
-    """A fresh database on the session's server."""
-    return pg_server.create_database()
+    """A fresh schema on the session's server, as good as a new database."""
+    return pg_server.create_schema()
