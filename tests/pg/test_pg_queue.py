@@ -5,12 +5,14 @@ operator filters) on a real server."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
 from router.store.queue import Filter, InstanceRecord, QueueClosed
+from router.store.spool import new_id
 from tests.pg.helpers import (
     CT,
     EXPLICIT,
@@ -270,3 +272,29 @@ async def test_a_bad_row_fails_its_commit_only(pg_dsn: str, storage: Path) -> No
         assert not q.spool.path_for(sink.id).exists()
         ok = await commit(q, 10, ["pacs"])  # the queue goes on
         assert [e.instance_id for e in await q.list_deliveries()] == [ok]
+
+
+@pytest.mark.asyncio
+async def test_old_orphan_spool_files_are_swept_young_ones_kept(pg_dsn: str, storage: Path) -> None:
+    async with running(pg_dsn, storage) as q:
+        kept = await commit(q, 9000, ["pacs"], seed=1)
+        old_orphan, young_orphan = new_id(), new_id()
+        for ident in (old_orphan, young_orphan):
+            q.spool.path_for(ident).write_bytes(b"left behind")
+        week_ago = time.time() - 7 * 86_400
+        for ident in (old_orphan, kept):
+            os.utime(q.spool.path_for(ident), (week_ago, week_ago))
+        assert await q.sweep_orphans(min_age=86_400) == 1
+        assert sorted(q.spool.iter_ids()) == sorted([kept, young_orphan])
+
+
+@pytest.mark.asyncio
+async def test_a_node_sweeps_only_its_own_partial_receipts(pg_dsn: str, storage: Path) -> None:
+    theirs = storage / "tmp" / "node-b" / f"{new_id()}.part"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"being received by node-b")
+    mine = storage / "tmp" / "node-a" / f"{new_id()}.part"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"left by node-a's previous run")
+    async with running(pg_dsn, storage, node_id="node-a"):
+        assert theirs.exists() and not mine.exists()

@@ -88,6 +88,7 @@ class PgQueue:
         poll_interval: float = 2.0,
         pool_size: int = 8,
         connect_timeout: float = 10.0,
+        orphan_age: float = 86_400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id if node_id is not None else default_node_id()
@@ -109,6 +110,7 @@ class PgQueue:
         self.poll_interval = poll_interval
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
+        self.orphan_age = orphan_age
         self.clock = clock
         self._pool: AsyncConnectionPool[ops.Conn] | None = None
         self._writer: GroupWriter | None = None
@@ -181,6 +183,7 @@ class PgQueue:
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
+                tg.start_soon(self._sweep_at_start)
                 task_status.started()
                 try:
                     await anyio.sleep_forever()
@@ -483,6 +486,30 @@ class PgQueue:
         await self._remove_data(removed)
         return len(removed)
 
+    async def sweep_orphans(self, min_age: float = 86_400.0) -> int:
+        """Remove spool files that no row names and that are older than ``min_age``
+        seconds (file time): left by a node that died between a commit removing rows
+        and its unlink, or by a commit whose outcome was uncertain. Younger files are
+        left alone: another node may be committing the row that names them."""
+        cutoff = time.time() - min_age
+        candidates = await anyio.to_thread.run_sync(_old_spool_ids, self.spool, cutoff)
+        gone: list[str] = []
+        for i in range(0, len(candidates), 1000):
+            chunk = candidates[i : i + 1000]
+            async with self._tx(durable=False) as conn:
+                known = await ops.known_spooled(conn, chunk)
+            gone += [ident for ident in chunk if ident not in known]
+        if gone:
+            await anyio.to_thread.run_sync(remove_all, self.spool, gone)
+            log.info("removed %d spool files without queue rows", len(gone))
+        return len(gone)
+
+    async def _sweep_at_start(self) -> None:
+        try:
+            await self.sweep_orphans(self.orphan_age)
+        except (DatabaseUnavailable, psycopg.Error, OSError) as e:
+            log.warning("sweeping orphan spool files failed: %s", e)
+
     async def _housekeeping_loop(self) -> None:
         while True:
             await anyio.sleep(self.housekeeping_interval)
@@ -490,6 +517,17 @@ class PgQueue:
                 await self.housekeeping()
             except (DatabaseUnavailable, psycopg.Error) as e:
                 log.warning("queue housekeeping failed: %s", e)
+
+
+def _old_spool_ids(spool: Spool, cutoff: float) -> list[str]:
+    old: list[str] = []
+    for ident in spool.iter_ids():
+        try:
+            if spool.path_for(ident).stat().st_mtime < cutoff:
+                old.append(ident)
+        except FileNotFoundError:
+            pass
+    return old
 
 
 async def _configure(conn: ops.Conn) -> None:

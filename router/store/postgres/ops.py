@@ -45,6 +45,7 @@ __all__ = [
     "fail",
     "housekeeping",
     "insert_instance",
+    "known_spooled",
     "lease",
     "list_deliveries",
     "lock_digests",
@@ -396,6 +397,12 @@ async def housekeeping(conn: Conn, now: float, retention: float, limit: int = 10
         (now - retention, limit),
     )
     return await remove_instances(conn, [r[0] for r in rows])
+
+
+async def known_spooled(conn: Conn, ids: Sequence[str]) -> set[str]:
+    """Which of these ids have a row naming a spool file."""
+    rows = await _rows(conn, "SELECT id FROM instance WHERE spooled AND id = ANY(%s)", (list(ids),))
+    return {r[0] for r in rows}
 
 
 # ----------------------------------------------------------------------------- operator

@@ -105,28 +105,27 @@ class GroupWriter:
         self._running = True
         task_status.started()
         try:
-            async with self._receive:
-                async for first in self._receive:
-                    jobs = [first]
-                    while len(jobs) < self.max_batch:
-                        try:
-                            jobs.append(self._receive.receive_nowait())
-                        except anyio.WouldBlock:
-                            break
-                    with anyio.CancelScope(shield=True):
-                        await self._run_batch(jobs)
+            async for first in self._receive:
+                jobs = [first]
+                while len(jobs) < self.max_batch:
+                    try:
+                        jobs.append(self._receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                with anyio.CancelScope(shield=True):
+                    await self._run_batch(jobs)
         finally:
             self._running = False
             self._send.close()
             # commits handed over but never run: their callers must not wait forever
-            with contextlib.suppress(anyio.ClosedResourceError):
-                while True:
-                    try:
-                        job = self._receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    job.error = QueueClosed("the queue stopped")
-                    job.done.set()
+            while True:
+                try:
+                    job = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                job.error = QueueClosed("the queue stopped")
+                job.done.set()
+            self._receive.close()  # a sender still waiting gets QueueClosed
 
     async def _run_batch(self, jobs: list[CommitJob]) -> None:
         outcome = BatchOutcome(jobs=len(jobs))
