@@ -77,8 +77,9 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off(
     pg_dsn: str, storage: Path
 ) -> None:
     clock = Clock()  # the nodes' clock stands still: expiry is on the database's clock
+    # a renews nothing (max_hold=0): a node fallen silent, as far as the database sees
     async with (
-        running(pg_dsn, storage, node_id="a", clock=clock) as a,
+        running(pg_dsn, storage, node_id="a", clock=clock, max_hold=0) as a,
         running(pg_dsn, storage, node_id="b", clock=clock) as b,
     ):
         ident = await commit(a, 6000, ["pacs"], seed=5)
@@ -109,6 +110,35 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off(
         assert not a.spool.path_for(ident).exists()
         (left,) = await a.list_deliveries()
         assert (left.instance_id, left.state, left.last_error) == (other, "pending", "busy")
+
+
+@pytest.mark.asyncio
+async def test_a_live_node_renews_its_leases_past_their_length(pg_dsn: str, storage: Path) -> None:
+    async with (
+        running(pg_dsn, storage, node_id="a") as a,
+        running(pg_dsn, storage, node_id="b") as b,
+    ):
+        await commit(a, 10, ["pacs"])
+        (le,) = await a.lease("pacs", 1, 3.0)
+        conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        try:
+            cur = await conn.execute(b"SELECT lease_until FROM delivery")
+            row = await cur.fetchone()
+            assert row is not None
+            first_until = row[0]
+
+            async def past_first_lease() -> bool:
+                cur = await conn.execute(b"SELECT now() > %s", (first_until,))
+                row = await cur.fetchone()
+                return row is not None and bool(row[0])
+
+            await eventually(past_first_lease)
+            cur = await conn.execute(b"SELECT lease_until > now(), leased_by FROM delivery")
+            assert await cur.fetchone() == (True, "a")  # renewed while a sends
+        finally:
+            await conn.close()
+        assert await b.lease("pacs", 1, 60) == []
+        assert await a.delivered([le.delivery_id]) == 1
 
 
 @pytest.mark.asyncio

@@ -12,6 +12,9 @@ ingest and forward sides use either backend the same way. Differences a caller s
 - an outcome (``delivered``, ``retry``, ``failed``, ``release``) applies only to a
   delivery this node leased and still holds: its lease's fencing token is remembered
   here, and a lease taken over by another node after expiry records nothing;
+- the node renews the leases it holds (every third of their length, for at most
+  ``max_hold`` seconds), so a lease expires only when its node falls silent, not
+  because a send is slow;
 - ``stats()`` reports the whole cluster's numbers, refreshed every ``poll_interval``
   (counters of commits and transactions are this node's);
 - a database that cannot be reached raises :class:`DatabaseUnavailable` (never a
@@ -42,6 +45,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from router.store.postgres import ops
 from router.store.postgres.errors import DatabaseUnavailable
+from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
 from router.store.postgres.schema import migrate
 from router.store.postgres.writer import BatchOutcome, CommitJob, GroupWriter, remove_all
@@ -61,6 +65,8 @@ __all__ = ["PgQueue", "default_node_id"]
 log = logging.getLogger("router.store.postgres")
 
 _EVERYTHING = Filter()
+
+
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -89,6 +95,7 @@ class PgQueue:
         pool_size: int = 8,
         connect_timeout: float = 10.0,
         orphan_age: float = 86_400.0,
+        max_hold: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id if node_id is not None else default_node_id()
@@ -117,7 +124,7 @@ class PgQueue:
         self.listener: Listener | None = None
         self._started = False
         self._running = False
-        self._tokens: dict[int, int] = {}  # delivery id -> fencing token of our lease
+        self.held = HeldLeases(max_hold)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._unrouted = 0
         self._active = 0
@@ -180,6 +187,7 @@ class PgQueue:
                 self._writer = writer
                 await tg.start(self.listener.run)
                 tg.start_soon(self._poll_loop)
+                tg.start_soon(self._renew_loop)
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
@@ -291,26 +299,45 @@ class PgQueue:
             nxt = await ops.next_due(conn, destination) if len(got) < limit else None
         if len(got) < limit:
             self._set_due(destination, nxt)
+        since = anyio.current_time()
         for lease, token in got:
-            self._tokens[lease.delivery_id] = token
+            self.held.add(lease.delivery_id, token, lease_seconds, since)
         return [lease for lease, _ in got]
 
-    def _held(self, ids: Sequence[int]) -> list[tuple[int, int]]:
-        return [(i, self._tokens[i]) for i in ids if i in self._tokens]
+    async def renew_leases(self) -> int:
+        """Extend every lease this node holds (for at most ``max_hold`` seconds from its
+        start) to the database's now() + its length: a live node keeps its deliveries
+        however long a send takes; a silent one loses them after one lease. Leases found
+        taken over are forgotten (their outcomes would record nothing). Returns the
+        number renewed."""
+        items = self.held.renewable(anyio.current_time())
+        if not items:
+            return 0
+        async with self._tx(durable=False) as conn:
+            renewed = await ops.renew(conn, items)
+        lost = self.held.lost(items, renewed)
+        if lost:
+            log.warning("%d leases of this node were taken over by another node", len(lost))
+            self.held.forget(lost)
+        return len(renewed)
 
-    def _forget(self, ids: Sequence[int]) -> None:
-        for i in ids:
-            self._tokens.pop(i, None)
+    async def _renew_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.held.renew_interval())
+            try:
+                await self.renew_leases()
+            except (DatabaseUnavailable, psycopg.Error) as e:
+                log.warning("renewing leases failed: %s", e)
 
     async def delivered(self, ids: Sequence[int], status: int = 0x0000) -> int:
         """Leased deliveries were delivered; instances whose deliveries are all
         delivered are done. Returns rows changed (fenced-off ones are not)."""
-        held = self._held(ids)
+        held = self.held.tokens(ids)
         if not held:
             return 0
         async with self._tx(durable=False) as conn:
             n, removed = await ops.delivered(conn, held, status, self.clock(), self.retention)
-        self._forget([i for i, _ in held])
+        self.held.forget([i for i, _ in held])
         await self._remove_data(removed)
         return n
 
@@ -318,7 +345,7 @@ class PgQueue:
         self, id: int, due_at: float, status: int | None = None, error: str | None = None
     ) -> bool:
         """A leased delivery goes back to pending, due at ``due_at`` (clock time)."""
-        token = self._tokens.get(id)
+        token = self.held.token(id)
         if token is None:
             return False
         now = self.clock()
@@ -326,7 +353,7 @@ class PgQueue:
             dest = await ops.reschedule(conn, id, token, due_at, status, error, now)
             if dest is not None and due_at <= now:
                 await ops.notify(conn, [dest])
-        self._forget([id])
+        self.held.forget([id])
         if dest is None:
             return False
         self._set_due(dest, min(due_at, self._next_due.get(dest, math.inf)))
@@ -335,24 +362,24 @@ class PgQueue:
 
     async def failed(self, id: int, status: int | None = None, error: str | None = None) -> bool:
         """A leased delivery becomes a dead letter (its data is kept for a replay)."""
-        token = self._tokens.get(id)
+        token = self.held.token(id)
         if token is None:
             return False
         async with self._tx() as conn:
             ok = await ops.fail(conn, id, token, status, error, self.clock())
-        self._forget([id])
+        self.held.forget([id])
         return ok
 
     async def release(self, ids: Sequence[int]) -> int:
         """Leased deliveries that were not attempted go back to pending (the attempt is
         not counted), e.g. when a worker stops with part of its batch unsent."""
-        held = self._held(ids)
+        held = self.held.tokens(ids)
         if not held:
             return 0
         async with self._tx(durable=False) as conn:
             dests = await ops.release(conn, held, self.clock())
             await ops.notify(conn, dests)
-        self._forget([i for i, _ in held])
+        self.held.forget([i for i, _ in held])
         for dest in set(dests):
             self._work_now(dest)
         return len(dests)

@@ -54,6 +54,7 @@ __all__ = [
     "purge",
     "release",
     "release_node",
+    "renew",
     "reschedule",
     "retry_failed",
     "snapshot",
@@ -245,6 +246,20 @@ async def next_due(conn: Conn, destination: str) -> float | None:
         (destination,),
     )
     return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+
+async def renew(conn: Conn, items: Sequence[tuple[int, int, float]]) -> set[int]:
+    """Extend leases (id, token, seconds) still held with that token to the database's
+    now() + seconds; returns the ids renewed (the others were taken over or ended)."""
+    rows = await _rows(
+        conn,
+        "UPDATE delivery d SET lease_until = now() + make_interval(secs => t.secs)"
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[]) AS t(id, token, secs)"
+        " WHERE d.id = t.id AND d.state = 'leased' AND d.lease_token = t.token"
+        " RETURNING d.id",
+        ([i[0] for i in items], [i[1] for i in items], [i[2] for i in items]),
+    )
+    return {r[0] for r in rows}
 
 
 async def _lock_instances_of(conn: Conn, delivery_ids: Sequence[int]) -> list[str]:
