@@ -298,3 +298,12 @@ async def test_a_node_sweeps_only_its_own_partial_receipts(pg_dsn: str, storage:
     mine.write_bytes(b"left by node-a's previous run")
     async with running(pg_dsn, storage, node_id="node-a"):
         assert theirs.exists() and not mine.exists()
+
+
+@pytest.mark.asyncio
+async def test_no_database_at_start_is_a_clear_error(tmp_path: Path, storage: Path) -> None:
+    from router.store.postgres import DatabaseUnavailable, PgQueue
+
+    q = PgQueue(f"host={tmp_path} port=5432 user=router dbname=none", storage, connect_timeout=1)
+    with pytest.raises(DatabaseUnavailable, match="cannot connect to the queue database"):
+        await q.run()

@@ -156,8 +156,13 @@ class PgQueue:
             name=f"queue-{self.node_id}",
             open=False,
         )
-        await pool.open(wait=True, timeout=self.connect_timeout)
         try:
+            try:
+                await pool.open(wait=True, timeout=self.connect_timeout)
+            except PoolTimeout as e:
+                raise DatabaseUnavailable(
+                    f"cannot connect to the queue database within {self.connect_timeout:g}s: {e}"
+                ) from e
             self._pool = pool
             async with pool.connection() as conn:
                 applied = await migrate(conn)
