@@ -307,3 +307,31 @@ async def test_no_database_at_start_is_a_clear_error(tmp_path: Path, storage: Pa
     q = PgQueue(f"host={tmp_path} port=5432 user=router dbname=none", storage, connect_timeout=1)
     with pytest.raises(DatabaseUnavailable, match="cannot connect to the queue database"):
         await q.run()
+
+
+@pytest.mark.asyncio
+async def test_a_bad_row_in_a_batch_fails_only_its_commit(pg_dsn: str, storage: Path) -> None:
+    import psycopg
+
+    async with running(pg_dsn, storage) as q:
+        outcomes: dict[int, str | BaseException] = {}
+
+        async def one(i: int) -> None:
+            sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{i}"))
+            sink.write(payload(100 if i % 2 else 6000, i))
+            uid = None if i == 20 else f"1.2.3.{i}"
+            rec = InstanceRecord(CT, uid, EXPLICIT)  # type: ignore[arg-type]  # NOT NULL
+            try:
+                outcomes[i] = await q.commit_instance(rec, sink, ["pacs"])
+            except psycopg.Error as e:
+                outcomes[i] = e
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+        assert isinstance(outcomes.pop(20), psycopg.errors.NotNullViolation)
+        assert all(isinstance(v, str) for v in outcomes.values())
+        assert q.stats().transactions < 39  # batched: the others shared transactions
+        listed = {e.instance_id for e in await q.list_deliveries()}
+        assert listed == set(outcomes.values())
+        assert set(q.spool.iter_ids()) == {v for k, v in outcomes.items() if k % 2 == 0}

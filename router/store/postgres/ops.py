@@ -38,6 +38,7 @@ from router.store.spool import Spool, SpooledSink
 __all__ = [
     "CHANNEL",
     "Conn",
+    "NewInstance",
     "Removed",
     "Snapshot",
     "counts",
@@ -45,6 +46,7 @@ __all__ = [
     "fail",
     "housekeeping",
     "insert_instance",
+    "insert_many",
     "known_spooled",
     "lease",
     "list_deliveries",
@@ -124,6 +126,88 @@ async def _identical_queued(
     return found
 
 
+_INSERT_INSTANCE = (
+    "INSERT INTO instance (id, received_at, sop_class_uid, sop_instance_uid,"
+    " transfer_syntax, study_uid, calling_ae, called_ae, size, data_offset, data,"
+    " spooled, unrouted, digest, node_id)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%b,%s,%s,%s,%s)"
+)
+
+
+def _instance_row(
+    ident: str,
+    record: InstanceRecord,
+    sink: SpooledSink,
+    dests: Sequence[str],
+    node_id: str,
+    received: float,
+) -> tuple[Any, ...]:
+    data = None if sink.spilled else sink.inline_view
+    return (
+        ident,
+        received,
+        record.sop_class_uid,
+        record.sop_instance_uid,
+        record.transfer_syntax,
+        record.study_instance_uid,
+        record.calling_ae,
+        record.called_ae,
+        sink.size,
+        sink.data_offset,
+        None if data is None else bytes(data),
+        sink.spilled,
+        not dests,
+        record.digest,
+        node_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """One instance of a batch to insert."""
+
+    ident: str
+    record: InstanceRecord
+    sink: SpooledSink
+    destinations: Sequence[str]
+
+
+async def insert_many(
+    conn: Conn, items: Sequence[NewInstance], node_id: str, now: float
+) -> list[CommitResult]:
+    """Many instances without ``digest`` (no duplicate check) in two statements sent
+    pipelined: the fast path of a group commit. One bad row fails them all; the caller
+    then inserts them one by one to find it."""
+    if not items:
+        return []
+    rows = []
+    ident_of: list[str] = []
+    dest_of: list[str] = []
+    created: list[float] = []
+    results: list[CommitResult] = []
+    for it in items:
+        assert it.record.digest is None
+        received = it.record.received_at if it.record.received_at is not None else now
+        dests = list(dict.fromkeys(it.destinations))
+        rows.append(_instance_row(it.ident, it.record, it.sink, dests, node_id, received))
+        for dest in dests:
+            ident_of.append(it.ident)
+            dest_of.append(dest)
+            created.append(received)
+        results.append(CommitResult(it.ident, True, tuple(dests)))
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT_INSTANCE.encode(), rows)
+    if ident_of:
+        await _rows(
+            conn,
+            "INSERT INTO delivery (instance_id, destination, state, due_at, created_at,"
+            " updated_at) SELECT t.i, t.d, 'pending', %s, t.c, %s"
+            " FROM unnest(%s::text[], %s::text[], %s::float8[]) AS t(i, d, c)",
+            (now, now, ident_of, dest_of, created),
+        )
+    return results
+
+
 async def insert_instance(
     conn: Conn,
     ident: str,
@@ -137,7 +221,6 @@ async def insert_instance(
     destination. With ``record.digest``, destinations that still have an identical
     instance pending or leased are dropped (see :class:`CommitResult`)."""
     received = record.received_at if record.received_at is not None else now
-    spooled = sink.spilled
     dests = list(dict.fromkeys(destinations))
     dropped: list[str] = []
     if record.digest is not None:
@@ -146,30 +229,8 @@ async def insert_instance(
             return CommitResult(next(iter(same.values())), False, (), tuple(dests))
         dropped = [dest for dest in dests if dest in same]
         dests = [dest for dest in dests if dest not in same]
-    data = None if spooled else sink.inline_view
     await _rows(
-        conn,
-        "INSERT INTO instance (id, received_at, sop_class_uid, sop_instance_uid,"
-        " transfer_syntax, study_uid, calling_ae, called_ae, size, data_offset, data,"
-        " spooled, unrouted, digest, node_id)"
-        " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%b,%s,%s,%s,%s)",
-        (
-            ident,
-            received,
-            record.sop_class_uid,
-            record.sop_instance_uid,
-            record.transfer_syntax,
-            record.study_instance_uid,
-            record.calling_ae,
-            record.called_ae,
-            sink.size,
-            sink.data_offset,
-            None if data is None else bytes(data),
-            spooled,
-            not dests,
-            record.digest,
-            node_id,
-        ),
+        conn, _INSERT_INSTANCE, _instance_row(ident, record, sink, dests, node_id, received)
     )
     if dests:
         await _rows(

@@ -2,8 +2,10 @@
 into one PostgreSQL transaction, so many associations share one WAL flush.
 
 One writer task takes a commit from a bounded stream, then everything else pending (up
-to ``max_batch``), and runs them in one transaction on a pooled connection, each inside
-a SAVEPOINT so one failing commit does not fail the others. Spilled data sets were
+to ``max_batch``), and runs them in one transaction on a pooled connection: every
+instance in two pipelined statements (the fast path) or, when a row is refused or a
+duplicate check is needed (``digest``), one by one, each inside a SAVEPOINT so one
+failing commit does not fail the others. Spilled data sets were
 already fsync'd and renamed into the spool by their callers; the writer fsyncs the
 spool subdirectories of the batch before the transaction begins, so a committed row
 never names a file that a crash could lose.
@@ -172,24 +174,13 @@ class GroupWriter:
                     now = self.clock()
                     await conn.execute(b"BEGIN")
                     await ops.lock_digests(conn, [j.record for j in jobs])
-                    single = len(jobs) == 1
-                    for j in jobs:
-                        if not single:
-                            await conn.execute(b"SAVEPOINT job")
-                        try:
-                            res = await ops.insert_instance(
-                                conn, j.ident, j.record, j.sink, j.destinations, self.node_id, now
-                            )
-                        except psycopg.OperationalError:
-                            raise  # the connection, not this job: fails the batch
-                        except psycopg.Error as e:
-                            if single:
-                                raise
-                            await conn.execute(b"ROLLBACK TO SAVEPOINT job")
-                            j.error = e
-                        else:
-                            if not single:
-                                await conn.execute(b"RELEASE SAVEPOINT job")
+                    plain = [j for j in jobs if j.record.digest is None]
+                    one_by_one = [j for j in jobs if j.record.digest is not None]
+                    if len(plain) > 1 and await self._insert_many(conn, plain, now, results):
+                        plain = []
+                    for j in plain + one_by_one:
+                        res = await self._insert_one(conn, j, now, single=len(jobs) == 1)
+                        if res is not None:
                             results.append((j, res))
                     woken = {d for _, r in results for d in r.queued}
                     await ops.notify(conn, sorted(woken))
@@ -219,6 +210,51 @@ class GroupWriter:
             j.result = res
         outcome.committed = sum(1 for _, r in results if r.stored)
         outcome.woken = woken
+
+    async def _insert_many(
+        self,
+        conn: ops.Conn,
+        jobs: list[CommitJob],
+        now: float,
+        results: list[tuple[CommitJob, CommitResult]],
+    ) -> bool:
+        """The fast path: every instance of the batch in two pipelined statements. False
+        (rolled back to before it) when a row was refused: then one by one."""
+        await conn.execute(b"SAVEPOINT batch")
+        items = [ops.NewInstance(j.ident, j.record, j.sink, j.destinations) for j in jobs]
+        try:
+            done = await ops.insert_many(conn, items, self.node_id, now)
+        except psycopg.OperationalError:
+            raise  # the connection, not a row: fails the batch
+        except psycopg.Error:
+            await conn.execute(b"ROLLBACK TO SAVEPOINT batch")
+            return False
+        await conn.execute(b"RELEASE SAVEPOINT batch")
+        results.extend(zip(jobs, done, strict=True))
+        return True
+
+    async def _insert_one(
+        self, conn: ops.Conn, j: CommitJob, now: float, *, single: bool
+    ) -> CommitResult | None:
+        """One instance in its own savepoint (unless it is the whole batch); None with
+        ``j.error`` set when its rows were refused."""
+        if not single:
+            await conn.execute(b"SAVEPOINT job")
+        try:
+            res = await ops.insert_instance(
+                conn, j.ident, j.record, j.sink, j.destinations, self.node_id, now
+            )
+        except psycopg.OperationalError:
+            raise  # the connection, not this job: fails the batch
+        except psycopg.Error as e:
+            if single:
+                raise
+            await conn.execute(b"ROLLBACK TO SAVEPOINT job")
+            j.error = e
+            return None
+        if not single:
+            await conn.execute(b"RELEASE SAVEPOINT job")
+        return res
 
 
 def _fsync_dirs(dirs: Sequence[Path]) -> None:
