@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["PgServer", "find_bindir"]
+__all__ = ["PgServer", "find_bindir", "unprivileged_user"]
 
 RUN_AS = "postgres"
 SUPERUSER = "router"
@@ -38,17 +38,33 @@ def find_bindir() -> Path | None:
     return max(found)[1]
 
 
+def unprivileged_user() -> pwd.struct_passwd:
+    """The ``postgres`` system user (Debian's package creates it); made if missing."""
+    try:
+        return pwd.getpwnam(RUN_AS)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return pwd.getpwnam(RUN_AS)
+
+
 class PgServer:
     """One server; ``start()`` once (initdb the first time), ``stop()`` at the end."""
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="pg-"))  # short: a socket path is <108 bytes
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
-            self._user = pwd.getpwnam(RUN_AS)
+            self._user = unprivileged_user()
+        # in /tmp: short (a socket path has < 108 bytes) and traversable by that user
+        self.root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        if self._user is not None:
             os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
         self._initialised = False
 
