@@ -43,7 +43,7 @@ import anyio.abc
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from router.store.postgres import ops
+from router.store.postgres import commands, ops
 from router.store.postgres.errors import DatabaseUnavailable
 from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
@@ -173,7 +173,7 @@ class PgQueue:
                     back = await ops.release_node(conn, self.node_id, self.clock())
                 if back:
                     log.info("%d leases of this node's previous run back to pending", len(back))
-                self._apply(await ops.snapshot(conn))
+                self._apply(await commands.snapshot(conn))
             swept = await anyio.to_thread.run_sync(self.spool.sweep_tmp)
             if swept:
                 log.info("removed %d partial receipts from %s", swept, self.spool.tmp_dir)
@@ -446,10 +446,10 @@ class PgQueue:
     async def refresh(self) -> None:
         """Read the cluster's counts and minima now; wake destinations with work."""
         async with self._tx(durable=False) as conn:
-            snap = await ops.snapshot(conn)
+            snap = await commands.snapshot(conn)
         self._apply(snap)
 
-    def _apply(self, snap: ops.Snapshot) -> None:
+    def _apply(self, snap: commands.Snapshot) -> None:
         old_due = self._next_due
         self._counts = snap.counts
         self._unrouted = snap.unrouted
@@ -486,18 +486,18 @@ class PgQueue:
         """(deliveries per (destination, state), unrouted, instances not done) of the
         whole cluster, by SQL now."""
         async with self._tx(durable=False) as conn:
-            return await ops.counts(conn)
+            return await commands.counts(conn)
 
     # -- operator commands and housekeeping (on the whole cluster)
 
     async def list_deliveries(self, f: Filter = _EVERYTHING) -> list[Entry]:
         async with self._tx(durable=False) as conn:
-            return await ops.list_deliveries(conn, f, self.clock())
+            return await commands.list_deliveries(conn, f, self.clock())
 
     async def retry_failed(self, f: Filter = _EVERYTHING) -> int:
         """Dead letters matching ``f`` go back to pending with attempts reset."""
         async with self._tx() as conn:
-            dests = await ops.retry_failed(conn, f, self.clock())
+            dests = await commands.retry_failed(conn, f, self.clock())
             await ops.notify(conn, dests)
         for dest in set(dests):
             self._work_now(dest)
@@ -507,7 +507,7 @@ class PgQueue:
         """Delete matching deliveries (and unrouted instances); an instance left with
         none loses its data too. Returns the number of deliveries/instances deleted."""
         async with self._tx() as conn:
-            n, removed = await ops.purge(conn, f, self.clock(), self.retention)
+            n, removed = await commands.purge(conn, f, self.clock(), self.retention)
         await self._remove_data(removed)
         return n
 

@@ -23,7 +23,6 @@ to be done after the commit.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from router.store.queue import CommitResult, Entry, Filter, InstanceRecord, Lease
+from router.store.queue import CommitResult, InstanceRecord, Lease
 from router.store.spool import Spool, SpooledSink
 
 __all__ = [
@@ -40,26 +39,25 @@ __all__ = [
     "Conn",
     "NewInstance",
     "Removed",
-    "Snapshot",
-    "counts",
     "delivered",
     "fail",
+    "fetch",
     "housekeeping",
     "insert_instance",
     "insert_many",
     "known_spooled",
     "lease",
-    "list_deliveries",
+    "lock_deliveries",
     "lock_digests",
+    "lock_instances_of",
     "next_due",
     "notify",
-    "purge",
     "release",
     "release_node",
+    "remove_instances",
     "renew",
     "reschedule",
-    "retry_failed",
-    "snapshot",
+    "settle",
 ]
 
 Conn = AsyncConnection[TupleRow]
@@ -69,7 +67,7 @@ Removed = list[tuple[str, bool]]  # (instance id, spooled): data to remove after
 CHANNEL = "dicom_router_work"
 
 
-async def _rows(conn: Conn, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[TupleRow]:
+async def fetch(conn: Conn, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[TupleRow]:
     cur = await conn.execute(sql.encode(), args)
     return await cur.fetchall() if cur.description is not None else []
 
@@ -77,7 +75,7 @@ async def _rows(conn: Conn, sql: str, args: Sequence[Any] | dict[str, Any] = ())
 async def notify(conn: Conn, destinations: Sequence[str]) -> None:
     """Tell every node's listener (delivered when the transaction commits)."""
     if destinations:
-        await _rows(
+        await fetch(
             conn,
             "SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS x",
             (CHANNEL, sorted(set(destinations))),
@@ -93,7 +91,7 @@ async def lock_digests(conn: Conn, records: Sequence[InstanceRecord]) -> None:
     nodes' batches)."""
     uids = sorted({r.sop_instance_uid for r in records if r.digest is not None})
     if uids:
-        await _rows(
+        await fetch(
             conn,
             "SELECT pg_advisory_xact_lock(hashtext('instance:' || u))"
             " FROM unnest(%s::text[]) AS u ORDER BY u",
@@ -110,12 +108,12 @@ async def _identical_queued(
     )
     key = (record.sop_instance_uid, record.digest, record.sop_class_uid, record.transfer_syntax)
     if not dests:
-        rows = await _rows(
+        rows = await fetch(
             conn, f"SELECT i.id FROM instance i WHERE {same} AND i.unrouted LIMIT 1", key
         )
         return {"": rows[0][0]} if rows else {}
     found: dict[str, str] = {}
-    for dest, inst in await _rows(
+    for dest, inst in await fetch(
         conn,
         "SELECT d.destination, i.id FROM instance i JOIN delivery d ON d.instance_id = i.id"
         f" WHERE {same} AND d.state IN ('pending', 'leased') ORDER BY i.id",
@@ -198,7 +196,7 @@ async def insert_many(
     async with conn.cursor() as cur:
         await cur.executemany(_INSERT_INSTANCE.encode(), rows)
     if ident_of:
-        await _rows(
+        await fetch(
             conn,
             "INSERT INTO delivery (instance_id, destination, state, due_at, created_at,"
             " updated_at) SELECT t.i, t.d, 'pending', %s, t.c, %s"
@@ -229,11 +227,11 @@ async def insert_instance(
             return CommitResult(next(iter(same.values())), False, (), tuple(dests))
         dropped = [dest for dest in dests if dest in same]
         dests = [dest for dest in dests if dest not in same]
-    await _rows(
+    await fetch(
         conn, _INSERT_INSTANCE, _instance_row(ident, record, sink, dests, node_id, received)
     )
     if dests:
-        await _rows(
+        await fetch(
             conn,
             "INSERT INTO delivery (instance_id, destination, state, due_at, created_at,"
             " updated_at) SELECT %s, x, 'pending', %s, %s, %s FROM unnest(%s::text[]) AS x",
@@ -257,7 +255,7 @@ async def lease(
     """Up to ``limit`` deliveries of ``destination``: pending ones due by ``now`` (the
     node's clock, as ``due_at`` is), then leased ones whose ``lease_until`` has passed
     on the database's clock (a node vanished: taken over). Each gets a new token."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "WITH picked AS ("
         " SELECT d.id FROM delivery d WHERE d.destination = %(dest)s AND ("
@@ -301,7 +299,7 @@ async def lease(
 async def next_due(conn: Conn, destination: str) -> float | None:
     """Earliest ``due_at`` of the destination's pending deliveries (after a lease that
     took fewer than asked: what is left, so idle workers do not spin)."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "SELECT min(due_at) FROM delivery WHERE destination = %s AND state = 'pending'",
         (destination,),
@@ -312,7 +310,8 @@ async def next_due(conn: Conn, destination: str) -> float | None:
 async def renew(conn: Conn, items: Sequence[tuple[int, int, float]]) -> set[int]:
     """Extend leases (id, token, seconds) still held with that token to the database's
     now() + seconds; returns the ids renewed (the others were taken over or ended)."""
-    rows = await _rows(
+    await lock_deliveries(conn, [i[0] for i in items])
+    rows = await fetch(
         conn,
         "UPDATE delivery d SET lease_until = now() + make_interval(secs => t.secs)"
         " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[]) AS t(id, token, secs)"
@@ -323,9 +322,20 @@ async def renew(conn: Conn, items: Sequence[tuple[int, int, float]]) -> set[int]
     return {r[0] for r in rows}
 
 
-async def _lock_instances_of(conn: Conn, delivery_ids: Sequence[int]) -> list[str]:
+async def lock_deliveries(conn: Conn, delivery_ids: Sequence[int]) -> None:
+    """Lock delivery rows in id order before changing several: every transaction that
+    waits for more than one delivery row takes them in the same order (no deadlock
+    between, say, a node's lease renewal and its own outcomes)."""
+    await fetch(
+        conn,
+        "SELECT id FROM delivery WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        (sorted(delivery_ids),),
+    )
+
+
+async def lock_instances_of(conn: Conn, delivery_ids: Sequence[int]) -> list[str]:
     """Lock (in id order) the instance rows of these deliveries; returns their ids."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "SELECT id FROM instance WHERE id IN"
         " (SELECT instance_id FROM delivery WHERE id = ANY(%s)) ORDER BY id FOR UPDATE",
@@ -345,8 +355,9 @@ async def delivered(
     with every delivery delivered are settled. Returns (rows changed, data to remove)."""
     if not tokens:
         return 0, []
-    await _lock_instances_of(conn, [t[0] for t in tokens])
-    rows = await _rows(
+    await lock_instances_of(conn, [t[0] for t in tokens])
+    await lock_deliveries(conn, [t[0] for t in tokens])
+    rows = await fetch(
         conn,
         "UPDATE delivery d SET state = 'delivered', last_status = %s, last_error = NULL,"
         " lease_until = NULL, lease_token = NULL, updated_at = %s"
@@ -369,7 +380,7 @@ async def reschedule(
     now: float,
 ) -> str | None:
     """Back to pending, due at ``due_at``; returns the destination, None if fenced off."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "UPDATE delivery SET state = 'pending', due_at = %s, last_status = %s,"
         " last_error = %s, lease_until = NULL, lease_token = NULL, updated_at = %s"
@@ -383,7 +394,7 @@ async def fail(
     conn: Conn, id: int, token: int, status: int | None, error: str | None, now: float
 ) -> bool:
     """A dead letter (the data stays for a replay); False if fenced off."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "UPDATE delivery SET state = 'failed', last_status = %s, last_error = %s,"
         " lease_until = NULL, lease_token = NULL, updated_at = %s"
@@ -398,7 +409,8 @@ async def release(conn: Conn, tokens: Sequence[tuple[int, int]], now: float) -> 
     destination of each row changed."""
     if not tokens:
         return []
-    rows = await _rows(
+    await lock_deliveries(conn, [t[0] for t in tokens])
+    rows = await fetch(
         conn,
         "UPDATE delivery d SET state = 'pending', attempts = greatest(d.attempts - 1, 0),"
         " lease_until = NULL, lease_token = NULL, due_at = least(d.due_at, %s),"
@@ -413,7 +425,7 @@ async def release(conn: Conn, tokens: Sequence[tuple[int, int]], now: float) -> 
 async def release_node(conn: Conn, node_id: str, now: float) -> list[str]:
     """At a node's start: the leases its previous run held go back to pending at once
     (nobody sends them any more), instead of waiting for them to expire."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "UPDATE delivery SET state = 'pending', lease_until = NULL, lease_token = NULL,"
         " updated_at = %s WHERE state = 'leased' AND leased_by = %s RETURNING destination",
@@ -432,7 +444,7 @@ async def settle(conn: Conn, instance_ids: Sequence[str], now: float, retention:
         return []
     state = {
         r[0]: (r[1], r[2])
-        for r in await _rows(
+        for r in await fetch(
             conn,
             "SELECT instance_id, count(*), count(*) FILTER (WHERE state = 'delivered')"
             " FROM delivery WHERE instance_id = ANY(%s) GROUP BY instance_id",
@@ -444,7 +456,7 @@ async def settle(conn: Conn, instance_ids: Sequence[str], now: float, retention:
     if retention <= 0:
         gone += done
     elif done:
-        await _rows(
+        await fetch(
             conn,
             "UPDATE instance SET done_at = %s WHERE id = ANY(%s) AND done_at IS NULL",
             (now, done),
@@ -456,8 +468,8 @@ async def remove_instances(conn: Conn, instance_ids: Sequence[str]) -> Removed:
     if not instance_ids:
         return []
     ids = list(instance_ids)
-    await _rows(conn, "DELETE FROM delivery WHERE instance_id = ANY(%s)", (ids,))
-    rows = await _rows(
+    await fetch(conn, "DELETE FROM delivery WHERE instance_id = ANY(%s)", (ids,))
+    rows = await fetch(
         conn, "DELETE FROM instance WHERE id = ANY(%s) RETURNING id, spooled", (ids,)
     )
     return [(r[0], bool(r[1])) for r in rows]
@@ -466,7 +478,7 @@ async def remove_instances(conn: Conn, instance_ids: Sequence[str]) -> Removed:
 async def housekeeping(conn: Conn, now: float, retention: float, limit: int = 1000) -> Removed:
     """Remove done instances whose retention has passed (rows another node is removing
     right now are skipped, not waited for)."""
-    rows = await _rows(
+    rows = await fetch(
         conn,
         "SELECT id FROM instance WHERE done_at IS NOT NULL AND done_at <= %s"
         " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
@@ -477,177 +489,5 @@ async def housekeeping(conn: Conn, now: float, retention: float, limit: int = 10
 
 async def known_spooled(conn: Conn, ids: Sequence[str]) -> set[str]:
     """Which of these ids have a row naming a spool file."""
-    rows = await _rows(conn, "SELECT id FROM instance WHERE spooled AND id = ANY(%s)", (list(ids),))
+    rows = await fetch(conn, "SELECT id FROM instance WHERE spooled AND id = ANY(%s)", (list(ids),))
     return {r[0] for r in rows}
-
-
-# ----------------------------------------------------------------------------- operator
-
-
-def _where_instance(f: Filter, now: float) -> tuple[list[str], list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if f.min_age is not None:
-        clauses.append("i.received_at <= %s")
-        args.append(now - f.min_age)
-    if f.study_uid is not None:
-        clauses.append("i.study_uid = %s")
-        args.append(f.study_uid)
-    if f.instance_id is not None:
-        clauses.append("i.id = %s")
-        args.append(f.instance_id)
-    return clauses, args
-
-
-def _where(f: Filter, now: float) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if f.destination is not None:
-        clauses.append("d.destination = %s")
-        args.append(f.destination)
-    if f.state is not None:
-        clauses.append("d.state = %s")
-        args.append(f.state)
-    clauses_i, args_i = _where_instance(f, now)
-    return " AND ".join(clauses + clauses_i) or "true", args + args_i
-
-
-async def list_deliveries(conn: Conn, f: Filter, now: float) -> list[Entry]:
-    out: list[Entry] = []
-    if f.state != "unrouted":
-        where, args = _where(f, now)
-        for r in await _rows(
-            conn,
-            "SELECT d.id, i.id, d.destination, d.state, d.attempts, d.due_at,"
-            " d.last_status, d.last_error, i.received_at, d.updated_at, i.sop_class_uid,"
-            " i.sop_instance_uid, i.study_uid, i.size FROM delivery d"
-            f" JOIN instance i ON i.id = d.instance_id WHERE {where}"
-            " ORDER BY i.received_at, i.id, d.destination LIMIT %s",
-            (*args, f.limit),
-        ):
-            out.append(Entry(*r))
-    if f.includes_unrouted and (f.limit is None or len(out) < f.limit):
-        clauses, args = _where_instance(f, now)
-        where = " AND ".join(["i.unrouted", *clauses])
-        rest = None if f.limit is None else f.limit - len(out)
-        for r in await _rows(
-            conn,
-            "SELECT i.id, i.received_at, i.sop_class_uid, i.sop_instance_uid, i.study_uid,"
-            f" i.size FROM instance i WHERE {where} ORDER BY i.received_at, i.id LIMIT %s",
-            (*args, rest),
-        ):
-            out.append(Entry(None, r[0], None, "unrouted", 0, None, None, None, r[1], r[1], *r[2:]))
-    return out
-
-
-async def retry_failed(conn: Conn, f: Filter, now: float) -> list[str]:
-    """Dead letters matching ``f`` back to pending, attempts reset; their destinations."""
-    if f.state not in (None, "failed"):
-        raise ValueError("retry applies to failed deliveries (dead letters) only")
-    where, args = _where(f, now)
-    rows = await _rows(
-        conn,
-        "UPDATE delivery SET state = 'pending', attempts = 0, due_at = %s, updated_at = %s"
-        " WHERE id IN (SELECT d.id FROM delivery d JOIN instance i ON i.id = d.instance_id"
-        f" WHERE d.state = 'failed' AND {where} ORDER BY d.id LIMIT %s"
-        " FOR UPDATE OF d SKIP LOCKED) RETURNING destination",
-        (now, now, *args, f.limit),
-    )
-    return [r[0] for r in rows]
-
-
-async def purge(conn: Conn, f: Filter, now: float, retention: float) -> tuple[int, Removed]:
-    """Delete matching deliveries (and unrouted instances); an instance left with none
-    loses its data too. Returns (deliveries and instances deleted, data to remove)."""
-    n = 0
-    removed: Removed = []
-    if f.state != "unrouted":
-        where, args = _where(f, now)
-        picked = await _rows(
-            conn,
-            f"SELECT d.id FROM delivery d JOIN instance i ON i.id = d.instance_id WHERE {where}"
-            " ORDER BY d.id LIMIT %s",
-            (*args, f.limit),
-        )
-        ids = [r[0] for r in picked]
-        if ids:
-            await _lock_instances_of(conn, ids)
-            rows = await _rows(
-                conn, "DELETE FROM delivery WHERE id = ANY(%s) RETURNING instance_id", (ids,)
-            )
-            n += len(rows)
-            removed += await settle(conn, sorted({r[0] for r in rows}), now, retention)
-    if f.includes_unrouted and (f.limit is None or n < f.limit):
-        clauses, args = _where_instance(f, now)
-        where = " AND ".join(["i.unrouted", *clauses])
-        rest = None if f.limit is None else f.limit - n
-        rows = await _rows(
-            conn,
-            f"SELECT i.id FROM instance i WHERE {where} ORDER BY i.id LIMIT %s"
-            " FOR UPDATE SKIP LOCKED",
-            (*args, rest),
-        )
-        gone = await remove_instances(conn, [r[0] for r in rows])
-        n += len(gone)
-        removed += gone
-    return n, removed
-
-
-# ----------------------------------------------------------------------------- counts
-
-
-async def counts(conn: Conn) -> tuple[dict[tuple[str, str], int], int, int]:
-    """(deliveries per (destination, state), unrouted instances, instances not done)
-    for the whole cluster."""
-    by_state = {
-        (r[0], r[1]): int(r[2])
-        for r in await _rows(
-            conn, "SELECT destination, state, count(*) FROM delivery GROUP BY destination, state"
-        )
-    }
-    unrouted, active = await _count_instances(conn)
-    return by_state, unrouted, active
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The cluster's numbers for metrics and for waking idle workers."""
-
-    counts: Counter[tuple[str, str]]
-    next_due: dict[str, float]  # destination -> earliest due_at of pending
-    oldest: dict[str, float]  # destination -> earliest created_at of pending or leased
-    expired: set[str]  # destinations with a lease past lease_until (to be taken over)
-    unrouted: int
-    active: int
-
-
-async def snapshot(conn: Conn) -> Snapshot:
-    c: Counter[tuple[str, str]] = Counter()
-    next_due: dict[str, float] = {}
-    oldest: dict[str, float] = {}
-    expired: set[str] = set()
-    for dest, state, n, due, created, late in await _rows(
-        conn,
-        "SELECT destination, state, count(*), min(due_at), min(created_at),"
-        " count(*) FILTER (WHERE lease_until <= now())"
-        " FROM delivery GROUP BY destination, state",
-    ):
-        c[(dest, state)] = int(n)
-        if state == "pending":
-            next_due[dest] = float(due)
-        if state in ("pending", "leased"):
-            old = oldest.get(dest)
-            oldest[dest] = float(created) if old is None else min(old, float(created))
-        if late:
-            expired.add(dest)
-    unrouted, active = await _count_instances(conn)
-    return Snapshot(c, next_due, oldest, expired, unrouted, active)
-
-
-async def _count_instances(conn: Conn) -> tuple[int, int]:
-    rows = await _rows(
-        conn,
-        "SELECT count(*) FILTER (WHERE unrouted), count(*) FILTER (WHERE done_at IS NULL)"
-        " FROM instance",
-    )
-    return int(rows[0][0]), int(rows[0][1])
