@@ -60,6 +60,33 @@ async def test_two_nodes_leasing_together_never_share_a_delivery(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("retention", [0.0, 1000.0])
+async def test_the_last_two_deliveries_ended_at_once_on_two_nodes_settle_once(
+    pg_dsn: str, storage: Path, retention: float
+) -> None:
+    async with (
+        running(pg_dsn, storage, node_id="a", retention=retention) as a,
+        running(pg_dsn, storage, node_id="b", retention=retention) as b,
+    ):
+        ids = [await commit(a, 6000, ["pacs", "ai"], seed=i) for i in range(20)]
+        on_a = await a.lease("pacs", 100, 60)
+        on_b = await b.lease("ai", 100, 60)
+        delivered = await asyncio.gather(
+            *(a.delivered([le.delivery_id]) for le in on_a),
+            *(b.delivered([le.delivery_id]) for le in on_b),
+        )
+        assert delivered == [1] * 40
+        by_state, unrouted, active = await a.counts()
+        assert (unrouted, active) == (0, 0)  # every instance done
+        if retention:
+            assert by_state == {("pacs", "delivered"): 20, ("ai", "delivered"): 20}
+            assert sorted(a.spool.iter_ids()) == sorted(ids)  # kept for the retention
+        else:
+            assert by_state == {}
+            assert a.spool.iter_ids() == []  # removed, once
+
+
+@pytest.mark.asyncio
 async def test_an_unexpired_lease_is_not_taken_over(pg_dsn: str, storage: Path) -> None:
     async with (
         running(pg_dsn, storage, node_id="a") as a,
