@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.store.postgres import ops
-from router.store.queue import Entry, Filter
+from router.store.records import Entry, Filter, State
 
 __all__ = ["Snapshot", "counts", "list_deliveries", "purge", "retry_failed", "snapshot"]
 
@@ -58,7 +58,7 @@ async def list_deliveries(conn: ops.Conn, f: Filter, now: float) -> list[Entry]:
             " ORDER BY i.received_at, i.id, d.destination LIMIT %s",
             (*args, f.limit),
         ):
-            out.append(Entry(*r))
+            out.append(Entry(r[0], r[1], r[2], State(r[3]), *r[4:]))
     if f.includes_unrouted and (f.limit is None or len(out) < f.limit):
         clauses, args = _where_instance(f, now)
         where = " AND ".join(["i.unrouted", *clauses])
@@ -69,7 +69,9 @@ async def list_deliveries(conn: ops.Conn, f: Filter, now: float) -> list[Entry]:
             f" i.size FROM instance i WHERE {where} ORDER BY i.received_at, i.id LIMIT %s",
             (*args, rest),
         ):
-            out.append(Entry(None, r[0], None, "unrouted", 0, None, None, None, r[1], r[1], *r[2:]))
+            out.append(
+                Entry(None, r[0], None, State.UNROUTED, 0, None, None, None, r[1], r[1], *r[2:])
+            )
     return out
 
 
