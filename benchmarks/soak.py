@@ -1,7 +1,7 @@
 """Soak: SOAK_MINUTES (default 30) of mixed senders, flapping destinations and kill -9 of
 the router, then a drain; prints instances sent, acknowledged, delivered and lost, and
 the router's RSS and open file descriptors over time. Exit status 1 if any acknowledged
-instance is missing at any destination its rules match (invariant 1), else 0.
+instance is missing at any destination its rules match (Success means stored), else 0.
 
     make soak                      # 30 minutes
     SOAK_MINUTES=3 make soak       # a short check

@@ -5,8 +5,8 @@ The network layer streams each data set into a sink made here (a
 large). When the last fragment is in, :meth:`Ingest.finish_store` reads the header
 without pixel data, routes it with the current rules and hands it to the queue, which
 returns only once the bytes and one row per destination are durable. Only then is
-Success returned, so a Success on the wire always means "stored" (invariant 1). Any
-failure before that removes what was received (invariant 2) and answers a DIMSE
+Success returned, so a Success on the wire always means "stored" (docs/architecture.md, "Guarantees"). Any
+failure before that removes what was received (nothing half-received is kept) and answers a DIMSE
 failure status instead.
 """
 
@@ -140,7 +140,7 @@ def _discard(
     reason: str,
     **fields: Any,
 ) -> int:
-    """Drop what was received and answer ``status`` (invariant 2: nothing kept)."""
+    """Drop what was received and answer ``status``: nothing half-received is kept."""
     sink.abort()
     refused = status == Status.OUT_OF_RESOURCES
     logs.event(

@@ -3,7 +3,7 @@
 Pure policy (no I/O); the codec capabilities are passed in, with defaults taken from the
 pydicom plugins installed (:data:`DECODABLE`, :data:`ENCODABLE`).
 
-Policy (invariant 4: bytes go out as received unless the destination refuses them):
+Policy (bytes go out as received unless the destination refuses them):
 
 1. the instance's own transfer syntax, whenever the destination accepts it;
 2. else a lossless target the destination accepted, in :data:`TARGET_ORDER`: Explicit VR

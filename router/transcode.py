@@ -1,4 +1,4 @@
-"""Convert a stored data set to another transfer syntax for a destination (issue 6).
+"""Convert a stored data set to another transfer syntax for a destination.
 
 The conversion engine only; choosing the syntax is :mod:`router.syntaxes`. Synchronous and
 CPU-heavy (pixel decoding): the forward worker runs it off the event loop, e.g.::

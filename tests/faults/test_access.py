@@ -1,4 +1,4 @@
-"""Fault matrix, who may associate (issue 4, case 13): calling AE not allowed (1,1,3),
+"""Fault matrix, who may associate (case 13): calling AE not allowed (1,1,3),
 wrong called AE (1,1,7), and the optional per-AE IP allow-list (accept.hosts), on the
 router process; changes apply on reload. The bare acceptor's rejections are in
 tests/dicom/test_hostile.py (test_rejections)."""

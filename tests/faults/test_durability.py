@@ -1,4 +1,4 @@
-"""Fault matrix, durability (issue 4, cases 7, 8, 9, 20): storage running low during a
+"""Fault matrix, durability (cases 7, 8, 9, 20): storage running low during a
 receipt, kill -9 just after and just before the response, SIGTERM under load. The
 router runs as a real process; kills are real SIGKILLs. Related, already covered:
 tests/integration/test_crash.py (kill -9 mid-stream, three times, with forwarding in
