@@ -5,9 +5,9 @@ The network layer streams each data set into a sink made here (a
 large). When the last fragment is in, :meth:`Ingest.finish_store` reads the header
 without pixel data, routes it with the current rules and hands it to the queue, which
 returns only once the bytes and one row per destination are durable. Only then is
-Success returned, so a Success on the wire always means "stored" (docs/architecture.md, "Guarantees"). Any
-failure before that removes what was received (nothing half-received is kept) and answers a DIMSE
-failure status instead.
+Success returned, so a Success on the wire always means "stored" (docs/architecture.md,
+"Guarantees"). Any failure before that removes what was received (nothing half-received
+is kept) and answers a DIMSE failure status instead.
 """
 
 from __future__ import annotations

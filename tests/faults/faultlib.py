@@ -1,4 +1,5 @@
-"""Helpers for the fault matrix (docs/architecture.md): a raw DICOM peer on a blocking socket, hand-built
+"""Helpers for the fault matrix (docs/architecture.md): a raw DICOM peer on a blocking socket,
+hand-built
 data sets (so hostile values reach the wire unvalidated), /proc readings of the router
 process, a pynetdicom destination answering chosen statuses, and queue inspection.
 
