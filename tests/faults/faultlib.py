@@ -1,6 +1,7 @@
 """Helpers for the fault matrix (docs/architecture.md): a raw DICOM peer on a blocking
 socket, hand-built data sets (so hostile values reach the wire unvalidated), /proc
-readings of the router process, a pynetdicom destination answering chosen statuses, and queue inspection.
+readings of the router process, a pynetdicom destination answering chosen statuses, and
+queue inspection.
 
 The router always runs as a real process (tests.integration.peers.RouterProcess).
 """
