@@ -12,7 +12,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from router.config.fields import (
     AETitle,
@@ -29,6 +37,7 @@ from router.config.fields import (
     custom,
     lower,
 )
+from router.config.profiles import DestinationProfile, ProfileName
 from router.config.units import GiB, KiB, MiB
 from router.rules.engine import RuleEngine
 
@@ -201,6 +210,16 @@ class Destination(_Model):
     # An association that has caught up stays open this long for the next instance
     # before it is released; keep it below the destination's own idle timeout.
     idle_release: Duration = 5.0
+    # the entry of ``profiles:`` applied to the copy sent here (docs/deidentification.md)
+    profile: ProfileName | None = None
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str | None, info: ValidationInfo) -> str | None:
+        known = (info.context or {}).get("profile_names")
+        if v is not None and known is not None and v not in known:
+            raise custom("profile", _unknown_profile(v, known))
+        return v
 
     @model_validator(mode="after")
     def _idle_below_network_timeout(self) -> Destination:
@@ -212,6 +231,11 @@ class Destination(_Model):
                 "lower idle_release",
             )
         return self
+
+
+def _unknown_profile(name: str, known: list[str]) -> str:
+    listed = ", ".join(known) if known else "none"
+    return f"no profile {name!r} under profiles: (defined: {listed}); add it or fix the name"
 
 
 class Transcode(_Model):
@@ -239,6 +263,7 @@ class Config(_Model):
     http: Http = Http()
     accept: Accept = Accept()
     destinations: dict[DestinationName, Destination] = Field(default_factory=dict)
+    profiles: dict[ProfileName, DestinationProfile] = Field(default_factory=dict)
     rules: RuleEngine = Field(default_factory=RuleEngine, exclude=True)
     logging: Logging = Logging()
     transcode: Transcode = Transcode()
@@ -261,6 +286,9 @@ class Config(_Model):
         }
         if fixed:
             object.__setattr__(self, "destinations", {**self.destinations, **fixed})
+        for d in self.destinations.values():
+            if d.profile is not None and d.profile not in self.profiles:
+                raise custom("profile", _unknown_profile(d.profile, list(self.profiles)))
         if (
             self.http.enabled
             and self.http.port != 0

@@ -15,6 +15,7 @@ from router.config import Config, Destination
 from router.forward.backoff import CircuitBreaker, RetryPolicy
 from router.forward.dimse import Connection, DimseKind, Transcoder
 from router.forward.kind import Echo, Kind
+from router.forward.profiled import SendProfile, send_profile
 from router.tls import client_context
 
 __all__ = [
@@ -85,6 +86,7 @@ def kind_for(
         connection(cfg, dest, ssl_context),
         transcode_to=dest.transcode_to,
         transcoder=transcoder,
+        profile=send_profile(cfg, dest),
     )
 
 
@@ -101,6 +103,9 @@ class Plan:
     lease_seconds: float
     idle_release: float
     kind: Kind
+    #: what the kind rewrites the copies it sends with; a reload that changes it (the
+    #: profile or its key) ends open sessions, so later sends use the new one
+    profile: SendProfile | None = None
 
 
 def plan(
@@ -120,6 +125,7 @@ def plan(
         lease_seconds=lease_seconds(dest),
         idle_release=dest.idle_release,
         kind=kind_for(cfg, dest, ssl_context, transcoder),
+        profile=send_profile(cfg, dest),
     )
 
 
