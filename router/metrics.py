@@ -119,14 +119,17 @@ DIRECTIONS: tuple[str, ...] = ("in", "out")
 RELOAD_RESULTS: tuple[str, ...] = ("ok", "error")
 #: associations_total{how}
 ASSOCIATION_ENDINGS: tuple[str, ...] = ("released", "aborted", "timeout", "error")
-#: associations_rejected_total{reason}
+#: associations_rejected_total{reason}: router.dicom's Rejection causes
 REJECT_REASONS: tuple[str, ...] = (
-    "calling_ae_not_recognized",
-    "called_ae_not_recognized",
-    "too_many_associations",
-    "no_acceptable_context",
+    "calling_ae_not_recognized",  # not in accept.calling_ae_titles
+    "host_not_allowed",  # the calling AE may not associate from that address (accept.hosts)
+    "called_ae_not_recognized",  # the called AE is not ours
+    "application_context_not_supported",  # not the DICOM application context
     "protocol_version",
-    "shutting_down",
+    "too_many_associations",  # max_associations reached
+    "shutting_down",  # the router is stopping (SIGTERM)
+    "temporary_congestion",
+    "internal_error",  # the router failed to decide (logged with its traceback)
     "other",
 )
 #: protocol_errors_total{kind}

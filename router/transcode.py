@@ -59,12 +59,8 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from router import syntaxes
-from router.syntaxes import (
-    DEFLATED_EXPLICIT_VR_LE,
-    EXPLICIT_VR_LE,
-    NATIVE,
-    name,
-)
+from router.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_LE
+from router.syntaxes import NATIVE, name
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",

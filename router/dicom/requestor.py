@@ -56,6 +56,7 @@ from router.dicom.pdu import (
     encode_associate_rq,
     pdata_pdus,
 )
+from router.dicom.uids import VERIFICATION
 
 log = logging.getLogger("router.dicom.requestor")
 
@@ -223,7 +224,7 @@ class Association:
         return int(await self._operation(self._c_echo()))
 
     async def _c_echo(self) -> int:
-        cid = self._context("1.2.840.10008.1.1", None)
+        cid = self._context(VERIFICATION, None)
         mid = self._next_id()
         await self._send(pdata_pdus(cid, dimse.echo_rq(mid), self._peer_max, COMMAND, True))
         rsp = await self._response()
@@ -442,11 +443,12 @@ async def _associate(
     phase = "connect to"
     try:
         with anyio.fail_after(connect_timeout):
-            stream: Any = await anyio.connect_tcp(host, port)
-            if ssl_context is not None:
+            if ssl_context is None:
+                ps = await PduStream.connect(host, port, network_timeout)
+            else:
+                tcp = await anyio.connect_tcp(host, port)
                 # the handshake apart from the connect, so a failure names TLS
                 phase = "TLS handshake with"
-                tcp = stream
                 try:
                     stream = await TLSStream.wrap(
                         tcp, hostname=host, ssl_context=ssl_context, standard_compatible=False
@@ -455,6 +457,7 @@ async def _associate(
                     with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                         await tcp.aclose()
                     raise
+                ps = PduStream(stream, network_timeout)
     except TimeoutError:
         raise ConnectTimeout(f"{phase} {label} timed out") from None
     except (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
@@ -463,7 +466,6 @@ async def _associate(
         raise ConnectError(
             f"TLS handshake with {label} failed: {exc or type(exc).__name__}"
         ) from exc
-    ps = PduStream(stream, network_timeout)
     machine = Machine(State.AWAIT_AC)
     try:
         await ps.send(encode_associate_rq(calling_ae, called_ae, proposed, max_pdu_length))

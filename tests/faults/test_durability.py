@@ -241,7 +241,7 @@ def test_20_sigterm_under_heavy_load(tmp_path: Path) -> None:
     names = [e.get("event") for e in events]
     assert "stopping" in names
     after_stop = names[names.index("stopping") :]
-    assert "association_accepted" not in after_stop
+    assert "association_opened" not in after_stop
     acked: list[Path] = []
     for out, batch in zip(outputs, batches, strict=True):
         acked += batch[: out.count("Received Store Response (Success)")]

@@ -64,7 +64,7 @@ def test_watched_paths(tmp_path: Path) -> None:
     assert dirs == [(tmp_path / "rules").absolute()]
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_watcher_reacts_to_content_not_to_touch(tmp_path: Path) -> None:
     path = setup_files(tmp_path)
     cfg = load_config(path)
