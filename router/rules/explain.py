@@ -33,8 +33,9 @@ def explain_file(
     "matched": [{"rule", "file", "line", "reasons": [...], "forward": [...], "stop"}],
     "destinations": [...], "unrouted": bool, "profiles": [{"destination", "profile",
     "changes": [{"attribute", "action"}]}], "error": str | None}``: ``profiles`` has one
-    entry per matched destination with a profile (what it would change, never a value). calling_ae defaults
-    to "" (rules on calling_ae then do not match); called_ae to our ae_title.
+    entry per matched destination with a profile (what it would change, never a value).
+    calling_ae defaults to "" (rules on calling_ae then do not match); called_ae to our
+    ae_title.
     """
     calling = calling_ae or ""
     called = config.ae_title if called_ae is None else called_ae
