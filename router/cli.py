@@ -147,7 +147,8 @@ def _print_explanation(cfg: Config, r: dict[str, Any]) -> None:
     print(f"  destinations: {', '.join(dests)}")
     for p in r.get("profiles", []):
         changes = p["changes"]
-        print(f"  profile {p['profile']} for {p['destination']}: {len(changes)} changes")
+        n = len(changes)
+        print(f"  profile {p['profile']} for {p['destination']}: {n} change{'s' * (n != 1)}")
         for c in changes:
             print(f"    {c['attribute']}: {c['action']}")
 
