@@ -84,6 +84,10 @@ def rewrite_source(profile: SendProfile, source: Path | bytes) -> Profiled:
         raise Refused(f"profile {profile.name}: {e}") from None
     except RewriteError as e:
         raise Refused(f"profile {profile.name}: cannot rewrite the instance: {e}") from None
+    except Exception as e:  # a sender's odd header must not stop the destination's worker
+        raise Refused(
+            f"profile {profile.name}: cannot rewrite the instance: {type(e).__name__}: {e}"
+        ) from None
     pixels: tuple[Segment, ...] = ()
     if r.pixel_length:
         if isinstance(source, Path):

@@ -183,3 +183,20 @@ async def test_a_reload_with_a_new_key_applies_to_the_sends_after_it(
     for e in caplog.records:
         for value in IDENTIFYING:
             assert value not in e.getMessage() and value not in str(e.__dict__), value
+
+
+@pytest.mark.asyncio
+async def test_an_instance_the_profile_cannot_rewrite_is_a_dead_letter_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    handler = ScriptedHandler()
+    ds = ct_instance(new_uid(), new_uid(), new_uid(), new_uid(), b"\x01" * 64)
+    truncated = encoded(ds, tmp_path)[:-10]  # the pixel data ends early
+    async with acceptor(handler) as port:
+        cfg = config(tmp_path, port, deidentify(tmp_path))
+        async with rig(tmp_path, cfg) as r:
+            await commit(r.queue, truncated, ds.SOPInstanceUID, ["plain", "research"])
+            (dead,) = await failed(r.queue, "research")
+            await until(lambda: len(handler.received) == 1)
+    assert handler.received[0].data == truncated  # the plain copy: as received
+    assert "profile research: cannot rewrite the instance" in (dead.last_error or "")
