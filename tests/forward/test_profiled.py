@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset
 
 from router.config import Config
 from router.dicom import StoreRequest
+from router.forward.profiled import SendProfile, rewrite_source
+from router.forward.profiled import send_profile as profile_of
 from router.store.queue import Entry, Filter, InstanceRecord, Queue
 from tests.async_peers import until
 from tests.forward.peer import CT, EXPLICIT, IMPLICIT, ScriptedHandler, acceptor, rig
@@ -200,3 +202,26 @@ async def test_an_instance_the_profile_cannot_rewrite_is_a_dead_letter_with_the_
             await until(lambda: len(handler.received) == 1)
     assert handler.received[0].data == truncated  # the plain copy: as received
     assert "profile research: cannot rewrite the instance" in (dead.last_error or "")
+
+
+def test_a_spooled_file_is_sent_as_header_bytes_around_a_range_of_that_file(
+    tmp_path: Path,
+) -> None:
+    pixels = bytes(range(256)) * 64
+    ds = ct_instance(new_uid(), new_uid(), new_uid(), new_uid(), pixels)
+    path = part10(ds, tmp_path / "in.dcm")
+    cfg = config(tmp_path, 104, deidentify(tmp_path))
+    profile = profile_of(cfg, cfg.destinations["research"])
+    assert isinstance(profile, SendProfile) and profile.deidentifies
+    from_file = rewrite_source(profile, path)
+    head, pixel_range = from_file.segments  # no elements after the pixel data
+    assert isinstance(head, bytes) and len(head) < 2048
+    assert isinstance(pixel_range, tuple) and pixel_range[0] == path
+    _, start, n = pixel_range
+    assert path.read_bytes()[start : start + n].endswith(pixels)
+    assert from_file.length == len(head) + n
+    from_bytes = rewrite_source(profile, path.read_bytes())
+    assert isinstance(from_bytes.segments[1], memoryview)
+    assert bytes(from_bytes.segments[1]) == path.read_bytes()[start : start + n]
+    assert from_bytes.sop_instance_uid == from_file.sop_instance_uid != ds.SOPInstanceUID
+    assert from_file.part10[0] == from_file.meta and from_file.meta[128:132] == b"DICM"
