@@ -12,15 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from router.config.fields import (
     AETitle,
@@ -37,7 +29,7 @@ from router.config.fields import (
     custom,
     lower,
 )
-from router.config.profiles import DestinationProfile, ProfileName
+from router.config.profiles import DestinationProfile, ProfileName, ProfileRef, unknown_profile
 from router.config.units import GiB, KiB, MiB
 from router.rules.engine import RuleEngine
 
@@ -203,6 +195,7 @@ class Destination(_Model):
     network_timeout: Duration = 60.0
     retry: Retry = Retry()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    profile: ProfileRef | None = None  # an entry of profiles: for the copies sent here
     tls: ClientTLS | None = None
     # Convert to this lossless syntax whenever the destination accepts it (else the
     # original is sent when accepted, else the first lossless syntax it accepts).
@@ -210,16 +203,6 @@ class Destination(_Model):
     # An association that has caught up stays open this long for the next instance
     # before it is released; keep it below the destination's own idle timeout.
     idle_release: Duration = 5.0
-    # the entry of ``profiles:`` applied to the copy sent here (docs/deidentification.md)
-    profile: ProfileName | None = None
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, v: str | None, info: ValidationInfo) -> str | None:
-        known = (info.context or {}).get("profile_names")
-        if v is not None and known is not None and v not in known:
-            raise custom("profile", _unknown_profile(v, known))
-        return v
 
     @model_validator(mode="after")
     def _idle_below_network_timeout(self) -> Destination:
@@ -231,11 +214,6 @@ class Destination(_Model):
                 "lower idle_release",
             )
         return self
-
-
-def _unknown_profile(name: str, known: list[str]) -> str:
-    listed = ", ".join(known) if known else "none"
-    return f"no profile {name!r} under profiles: (defined: {listed}); add it or fix the name"
 
 
 class Transcode(_Model):
@@ -288,7 +266,7 @@ class Config(_Model):
             object.__setattr__(self, "destinations", {**self.destinations, **fixed})
         for d in self.destinations.values():
             if d.profile is not None and d.profile not in self.profiles:
-                raise custom("profile", _unknown_profile(d.profile, list(self.profiles)))
+                raise custom("profile", unknown_profile(d.profile, list(self.profiles)))
         if (
             self.http.enabled
             and self.http.port != 0

@@ -18,7 +18,13 @@ from pydantic import AfterValidator, BeforeValidator, PrivateAttr, ValidationInf
 from router.config.fields import custom
 from router.profiles import Deidentify, Profile, SecretError, load_secret
 
-__all__ = ["DestinationProfile", "ProfileDeidentify", "ProfileName"]
+__all__ = [
+    "DestinationProfile",
+    "ProfileDeidentify",
+    "ProfileName",
+    "ProfileRef",
+    "unknown_profile",
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -28,6 +34,20 @@ def _profile_name(value: object) -> str:
         raise custom(
             "name", f"{value!r} is not a profile name: use letters, digits, _ . - (e.g. research)"
         )
+    return value
+
+
+def unknown_profile(name: str, known: list[str]) -> str:
+    listed = ", ".join(known) if known else "none"
+    return f"no profile {name!r} under profiles: (defined: {listed}); add it or fix the name"
+
+
+def _known_profile(value: str, info: ValidationInfo) -> str:
+    """Checked against the names under ``profiles:`` that loading puts in the validation
+    context, so an unknown name is reported on its own line."""
+    known = (info.context or {}).get("profile_names")
+    if known is not None and value not in known:
+        raise custom("profile", unknown_profile(value, known))
     return value
 
 
@@ -50,14 +70,16 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 
 ProfileName = Annotated[str, BeforeValidator(_profile_name)]
+#: a destination's ``profile``: the name of an entry of ``profiles:``
+ProfileRef = Annotated[str, BeforeValidator(_profile_name), AfterValidator(_known_profile)]
 #: a key file: relative to the config file's directory; must exist and hold a long enough key
-SecretFile = Annotated[Path, BeforeValidator(_secret_path), AfterValidator(_resolve)]
+KeyFile = Annotated[Path, BeforeValidator(_secret_path), AfterValidator(_resolve)]
 
 
 class ProfileDeidentify(Deidentify):
     """``deidentify`` of a configured profile; :attr:`secret` is the key read at load."""
 
-    secret_file: SecretFile
+    secret_file: KeyFile
     _secret: bytes | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
