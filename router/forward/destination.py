@@ -81,7 +81,10 @@ def kind_for(
     ssl_context: ssl.SSLContext | None,
     transcoder: Transcoder | None = None,
 ) -> Kind:
-    """The destination's kind (DIMSE C-STORE; a DICOMweb destination gets its own)."""
+    """The destination's kind (DIMSE C-STORE; a DICOMweb destination gets its own).
+
+    Every kind is given the destination's profile and sends what it makes of each
+    instance (:func:`router.forward.profiled.rewrite_lease`), never the stored bytes."""
     return DimseKind(
         connection(cfg, dest, ssl_context),
         transcode_to=dest.transcode_to,
