@@ -15,6 +15,7 @@ from router.config import Config, Destination
 from router.forward.backoff import CircuitBreaker, RetryPolicy
 from router.forward.dimse import Connection, DimseKind, Transcoder
 from router.forward.kind import Echo, Kind
+from router.forward.profiled import SendProfile, send_profile
 from router.tls import client_context
 
 __all__ = [
@@ -80,11 +81,15 @@ def kind_for(
     ssl_context: ssl.SSLContext | None,
     transcoder: Transcoder | None = None,
 ) -> Kind:
-    """The destination's kind (DIMSE C-STORE; a DICOMweb destination gets its own)."""
+    """The destination's kind (DIMSE C-STORE; a DICOMweb destination gets its own).
+
+    Every kind is given the destination's profile and sends what it makes of each
+    instance (:func:`router.forward.profiled.rewrite_lease`), never the stored bytes."""
     return DimseKind(
         connection(cfg, dest, ssl_context),
         transcode_to=dest.transcode_to,
         transcoder=transcoder,
+        profile=send_profile(cfg, dest),
     )
 
 
@@ -101,6 +106,9 @@ class Plan:
     lease_seconds: float
     idle_release: float
     kind: Kind
+    #: what the kind rewrites the copies it sends with; a reload that changes it (the
+    #: profile or its key) ends open sessions, so later sends use the new one
+    profile: SendProfile | None = None
 
 
 def plan(
@@ -120,6 +128,7 @@ def plan(
         lease_seconds=lease_seconds(dest),
         idle_release=dest.idle_release,
         kind=kind_for(cfg, dest, ssl_context, transcoder),
+        profile=send_profile(cfg, dest),
     )
 
 
