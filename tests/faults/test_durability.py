@@ -108,7 +108,11 @@ def test_8_kill9_right_after_success_delivered_after_restart(tmp_path: Path, pix
     pacs = start_storescp(tmp_path / "pacs", "PACS", port=port)
     try:
         with running(router):
-            got = pacs.wait_files(len(uids))
+            pacs.wait_files(len(uids))
+            # a file appears when its receipt starts: read them once every delivery has
+            # ended, or a kill below could cut the last one mid-write
+            wait_for(lambda: instance_count(router) == 0, 60, "every delivery to end")
+            got = pacs.files()
         by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in got}
         assert set(by_uid) == set(uids)
         for uid in uids:

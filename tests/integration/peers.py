@@ -67,9 +67,38 @@ class StoreSCP:
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.iterdir() if p.is_file())
 
+    def _writing(self) -> set[Path]:
+        """Files storescp has open right now: a file appears when its receipt starts and
+        is whole only once storescp has closed it."""
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        open_now: set[Path] = set()
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:  # storescp has exited: nothing is being written
+            return open_now
+        for fd in fds:
+            try:
+                open_now.add(Path(os.readlink(fd)))
+            except OSError:
+                continue
+        return open_now
+
+    def complete_files(self) -> list[Path]:
+        """The files received whole (not still being written)."""
+        writing = self._writing()
+        return [p for p in self.files() if p.resolve() not in writing]
+
     def wait_files(self, n: int, timeout: float = 60.0) -> list[Path]:
-        wait_for(lambda: len(self.files()) >= n, timeout, f"{n} files at {self.ae_title}")
-        return self.files()
+        """At least ``n`` whole files; returns every file then (all whole)."""
+
+        def whole() -> list[Path] | None:
+            files, writing = self.files(), self._writing()
+            done = [p for p in files if p.resolve() not in writing]
+            return files if len(done) >= n and len(done) == len(files) else None
+
+        got = wait_for(whole, timeout, f"{n} whole files at {self.ae_title}")
+        assert isinstance(got, list)
+        return got
 
     def stop(self) -> None:
         if self.proc.poll() is None:
