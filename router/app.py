@@ -88,6 +88,7 @@ class Router:
             max_queue_instances=storage.max_queue_instances,
             retention=storage.retention,
         )
+        self.queue.set_holds(config.holds)
         self.ingest = Ingest(lambda: self.config, self.queue, self.metrics, self.free_bytes)
         self.acceptor = Acceptor(acceptor_config(config), self.ingest)
         self.forwarder = Forwarder(lambda: self.config, self.queue, self.metrics)
@@ -288,6 +289,7 @@ class Router:
         accept = acceptor_config(new, tls=False)
         # The swap: no await from here on, so every task sees the old or the new config.
         self.config = new
+        self.queue.set_holds(new.holds)
         self.acceptor.update(accept)
         self.metrics.set_destinations(new.destinations)
         self.metrics.set_rules(new.rules.names)

@@ -116,7 +116,7 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_rows(
     assert read_counts(storage).by_state() == {("pacs", "pending"): 1, ("ai", "failed"): 1}
     assert user_version(storage) == 1
     async with SQLITE.running(storage) as q:
-        assert user_version(storage) == VERSION == 2
+        assert user_version(storage) == VERSION == 3
         assert q.stats().counts == {("pacs", "pending"): 1, ("ai", "failed"): 1}
         assert q.stats().unrouted == 1 and q.stats().instances == 2
         (le,) = await q.lease("pacs", 10, 30)
