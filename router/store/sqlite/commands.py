@@ -168,13 +168,18 @@ def purge(core: Core, f: Filter, d: Delta) -> int:
     return n
 
 
-def release_holds(core: Core, f: Filter, d: Delta) -> int:
-    """Release now the hold groups (series or studies) that hold a delivery matching
-    ``f``: each whole, in its send order. Returns the deliveries released."""
+def check_release_filter(f: Filter) -> None:
+    """ValueError unless ``f`` can select hold groups (no other state, no limit)."""
     if f.state not in (None, State.HELD):
         raise ValueError("release applies to held deliveries only")
     if f.limit is not None:
         raise ValueError("release takes whole series or studies: no limit")
+
+
+def release_holds(core: Core, f: Filter, d: Delta) -> int:
+    """Release now the hold groups (series or studies) that hold a delivery matching
+    ``f``: each whole, in its send order. Returns the deliveries released."""
+    check_release_filter(f)
     where, args = _where(dataclasses.replace(f, state=None), core.clock())
     pairs = core.conn.execute(
         "SELECT DISTINCT d.destination, d.hold_key FROM delivery d"

@@ -427,6 +427,7 @@ class SqliteQueue:
 
     async def release_holds(self, f: Filter = Filter()) -> int:
         """Release now the hold groups holding a delivery matching ``f`` (whole)."""
+        commands.check_release_filter(f)
         return await self._call(lambda c, d: commands.release_holds(c, f, d))
 
     async def counts(self) -> QueueCounts:
