@@ -1,9 +1,8 @@
 """Holds end to end: storescu -> the router process -> two storescp, one destination with
 a series hold and one without.
 
-storescp names its files by the time they were written (``--timenames``, one process
-writing one file after the other), so sorting the names gives the order it received
-them in.
+storescp logs each file it stores (``-v``: ``storing DICOM file: <dir>/CT.<SOP Instance
+UID>``) as it receives it, one after the other: its log gives the order of arrival.
 """
 
 from __future__ import annotations
@@ -21,11 +20,13 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from router.samples import write_dataset
+from tests.conftest import free_port
 from tests.integration.peers import (
+    NODELAY_ENV,
     RouterProcess,
     StoreSCP,
+    port_open,
     running,
-    start_storescp,
     storescu,
     wait_for,
     write_config,
@@ -49,16 +50,58 @@ def make_series(
         )
         for i in range(first, first + count)
     ]
+    numbers(files)
     return uid, files
 
 
-def order(scp: StoreSCP) -> list[tuple[int, int]]:
+class LoggingSCP(StoreSCP):
+    """storescp -v with its log in a file (``storing DICOM file:`` lines in order)."""
+
+    log_path: Path
+
+    def arrivals(self) -> list[str]:
+        """SOP Instance UIDs in the order they arrived."""
+        marker = "storing DICOM file: "
+        text = self.log_path.read_text(errors="replace")
+        return [
+            line.split(marker, 1)[1].strip().rsplit("/", 1)[-1].split(".", 1)[1]
+            for line in text.splitlines()
+            if marker in line
+        ]
+
+    def files(self) -> list[Path]:
+        return [p for p in super().files() if p != self.log_path]
+
+
+def start_logging_scp(directory: Path, ae_title: str) -> LoggingSCP:
+    directory.mkdir(parents=True)
+    log_path = directory.parent / f"{ae_title}.log"
+    port = free_port()
+    with log_path.open("wb") as log:
+        argv = ["storescp", "-v", "--aetitle", ae_title, "--output-directory", str(directory)]
+        proc = subprocess.Popen(
+            [*argv, "--accept-all", str(port)],
+            env=NODELAY_ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    scp = LoggingSCP(port, directory, ae_title, proc)
+    scp.log_path = log_path
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "storescp to listen")
+        assert proc.poll() is None, log_path.read_text()
+    except AssertionError:
+        scp.stop()
+        raise
+    return scp
+
+
+_numbers: dict[str, tuple[int, int]] = {}  # SOP Instance UID -> (series, instance number)
+
+
+def order(scp: LoggingSCP) -> list[tuple[int, int]]:
     """(SeriesNumber, InstanceNumber) of what ``scp`` received, in arrival order."""
-    out = []
-    for p in sorted(scp.files(), key=lambda p: p.name):
-        ds = dcmread(p, stop_before_pixels=True)
-        out.append((int(ds.SeriesNumber), int(ds.InstanceNumber)))
-    return out
+    return [_numbers[uid] for uid in scp.arrivals()]
 
 
 def numbers(files: list[Path]) -> list[tuple[int, int]]:
@@ -66,6 +109,7 @@ def numbers(files: list[Path]) -> list[tuple[int, int]]:
     for p in files:
         ds = dcmread(p, stop_before_pixels=True)
         out.append((int(ds.SeriesNumber), int(ds.InstanceNumber)))
+        _numbers[str(ds.SOPInstanceUID)] = out[-1]
     return out
 
 
@@ -92,9 +136,9 @@ def cli(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 def two_destinations(
     tmp_path: Path, quiet: str, max_wait: str = "1h"
-) -> tuple[StoreSCP, StoreSCP, RouterProcess]:
-    plain = start_storescp(tmp_path / "plain", "PLAIN", extra=["--timenames"])
-    ai = start_storescp(tmp_path / "ai", "AI", extra=["--timenames"])
+) -> tuple[LoggingSCP, LoggingSCP, RouterProcess]:
+    plain = start_logging_scp(tmp_path / "plain", "PLAIN")
+    ai = start_logging_scp(tmp_path / "ai", "AI")
     router = write_config(
         tmp_path,
         {
@@ -111,7 +155,8 @@ def two_destinations(
 
 
 def _min_mtime(scp: StoreSCP, skip: int = 0) -> float:
-    files = sorted(scp.files(), key=lambda p: p.name)[skip:]
+    """When the first file (after ``skip`` files, in arrival order) arrived."""
+    files = sorted(scp.files(), key=lambda p: p.stat().st_mtime_ns)[skip:]
     return min(p.stat().st_mtime for p in files)
 
 
@@ -154,7 +199,6 @@ def test_a_series_hold_sends_each_series_whole_in_instance_order(tmp_path: Path)
 
             # a late instance of series 1: held again, delivered alone after its quiet
             _, late = make_series(tmp_path / "late", study, 1, 1, first=7)
-            late[0] = late[0].rename(tmp_path / "late" / "late.dcm")
             ds = dcmread(late[0])
             ds.SeriesInstanceUID = uid_a
             ds.save_as(late[0])
