@@ -37,7 +37,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from benchmarks.common import dcmtk_env, py_env
-from benchmarks.procs import free_port, spawn, stop
+from benchmarks.procs import reserve_port, spawn, stop
 from router.config import parse_duration, parse_size
 from router.samples import write_dataset
 
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     ]
     stream_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in stream}
 
-    ai_port, pacs_port, port, http_port = free_port(), free_port(), free_port(), free_port()
+    ai_port, pacs_port, port, http_port = (reserve_port() for _ in range(4))
     ai = _storescp(work / "ai", "AI", ai_port)
     pacs = _storescp(work / "pacs", "PACS", pacs_port)
     cfg = {

@@ -1,12 +1,14 @@
 """Composition root: config -> objects -> one task group; signals.
 
 One anyio task group owns every task of a running router: the queue's commit loop, the
-HTTP endpoint, the forward workers, the DICOM acceptor and the signal handler. SIGTERM
+HTTP endpoint, the forwarder (which owns its destinations' workers), the DICOM acceptor
+and the signal handler. SIGTERM
 and SIGINT stop gracefully (no new associations, in-flight C-STOREs finish and are
 acknowledged, workers stop after their current send, then the queue closes). SIGHUP
 reloads the config, and so does a change of the config or rule files (polled by
 :class:`router.reload.ConfigWatcher`): validated in full, then swapped atomically; a bad
-one is logged with the same lines as ``check`` and the old one keeps running. The
+one is logged with the same lines as ``check`` and the old one keeps running; the new
+one goes to every :class:`router.reload.Reconfigurable` part in one loop. The
 operator API (:mod:`router.api`) serves the queue commands on the HTTP server.
 """
 
@@ -29,7 +31,14 @@ from router.http import HttpServer
 from router.ingest import Ingest
 from router.metrics import Metrics, QueueSnapshot, disk_free_bytes
 from router.problems import ConfigError
-from router.reload import ConfigWatcher, keep_restart_only, runtime_problems, watched_paths
+from router.reload import (
+    ConfigWatcher,
+    Reconfigurable,
+    apply,
+    keep_restart_only,
+    runtime_problems,
+    watched_paths,
+)
 from router.store.backend import QueueBackend
 from router.store.queue import Queue
 from router.tls import server_context
@@ -91,7 +100,7 @@ class Router:
         self.queue.set_holds(config.holds)
         self.ingest = Ingest(lambda: self.config, self.queue, self.metrics, self.free_bytes)
         self.acceptor = Acceptor(acceptor_config(config), self.ingest)
-        self.forwarder = Forwarder(lambda: self.config, self.queue, self.metrics)
+        self.forwarder = Forwarder(config, self.queue, self.metrics)
         self.http = HttpServer(config.http.host, config.http.port, self.metrics, self.readiness)
         self.api = OperatorApi(
             self.queue, lambda: self.config, self.storage_dir, config_path, self.reload_problems
@@ -109,9 +118,14 @@ class Router:
         self.metrics.config_loaded()
         self.dicom_port: int | None = None
         self.http_port: int | None = None
-        self._workers: set[tuple[str, int]] = set()
-        self._workers_gone = anyio.Event()
-        self._tg: anyio.abc.TaskGroup | None = None
+        # what takes a new config at a reload, in this order
+        self.reconfigurable: list[Reconfigurable] = [
+            _AcceptorSettings(self.acceptor),
+            _HoldSettings(self.queue),
+            _MetricsSettings(self.metrics),
+            self.forwarder,
+            _LoggingSettings(),
+        ]
         self._queue_running = False
         self.stopped = anyio.Event()
 
@@ -149,12 +163,11 @@ class Router:
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         async with anyio.create_task_group() as tg:
-            self._tg = tg
             await tg.start(self.queue.run)
             self._queue_running = True
             if self.config.http.enabled:
                 self.http_port = await tg.start(self.http.serve)
-            self._start_workers()
+            await tg.start(self.forwarder.run)
             self.dicom_port = await tg.start(self.acceptor.serve)
             tg.start_soon(self._signals)
             if _watch_interval() > 0:
@@ -187,11 +200,10 @@ class Router:
         logs.event(log, logging.INFO, "stopping", grace=grace)
         self.dicom_port = None
         self.acceptor.stop_accepting()
-        self.forwarder.stopping.set()  # no new batches; current sends go on
+        self.forwarder.stop()  # no new batches; current sends go on
         await self.acceptor.drain(grace)
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-            if self._workers:
-                await self._workers_gone.wait()  # each finishes its current send first
+            await self.forwarder.done.wait()  # each worker finishes its current send first
 
     def _banner(self) -> None:
         cfg = self.config
@@ -211,22 +223,6 @@ class Router:
             )
             or "-",
         )
-
-    def _start_workers(self) -> None:
-        assert self._tg is not None
-        for name, dest in self.config.destinations.items():
-            for index in range(dest.max_associations):
-                if (name, index) not in self._workers:
-                    self._workers.add((name, index))
-                    self._tg.start_soon(self._worker, name, index)
-
-    async def _worker(self, name: str, index: int) -> None:
-        try:
-            await self.forwarder.worker(name, index)
-        finally:
-            self._workers.discard((name, index))
-            if not self._workers and self.forwarder.stopping.is_set():
-                self._workers_gone.set()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -286,22 +282,11 @@ class Router:
             logs.event(
                 log, logging.WARNING, "config_reload_needs_restart", settings=",".join(changed)
             )
-        accept = acceptor_config(new, tls=False)
         # The swap: no await from here on, so every task sees the old or the new config.
         self.config = new
-        self.queue.set_holds(new.holds)
-        self.acceptor.update(accept)
-        self.metrics.set_destinations(new.destinations)
-        self.metrics.set_rules(new.rules.names)
-        self.metrics.config_reloaded(True)
-        self._start_workers()
-        if new.logging != old.logging:
-            logs.setup(new.logging.format, new.logging.level)
+        apply(self.reconfigurable, old, new)
         added = [d for d in new.destinations if d not in old.destinations]
         removed = [d for d in old.destinations if d not in new.destinations]
-        for name in removed:  # their idle workers see the new config and leave now
-            self.queue.wake(name)
-            self.forwarder.notify(name)
         logs.event(
             log,
             logging.INFO,
@@ -313,6 +298,38 @@ class Router:
             removed=",".join(removed) or "-",
         )
         return []
+
+
+class _AcceptorSettings:
+    def __init__(self, acceptor: Acceptor) -> None:
+        self.acceptor = acceptor
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        self.acceptor.update(acceptor_config(new, tls=False))  # the running TLS stays
+
+
+class _HoldSettings:
+    def __init__(self, queue: QueueBackend) -> None:
+        self.queue = queue
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        self.queue.set_holds(new.holds)  # instances committed from now on
+
+
+class _MetricsSettings:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        self.metrics.set_destinations(new.destinations)
+        self.metrics.set_rules(new.rules.names)
+        self.metrics.config_reloaded(True)
+
+
+class _LoggingSettings:
+    def reconfigure(self, old: Config, new: Config) -> None:
+        if new.logging != old.logging:
+            logs.setup(new.logging.format, new.logging.level)
 
 
 async def serve(config_path: Path) -> int:

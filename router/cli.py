@@ -145,14 +145,19 @@ def _print_explanation(cfg: Config, r: dict[str, Any]) -> None:
         d = cfg.destinations.get(name)
         dests.append(f"{name} ({d.ae_title}@{d.host}:{d.port})" if d else name)
     print(f"  destinations: {', '.join(dests)}")
+    for p in r.get("profiles", []):
+        changes = p["changes"]
+        n = len(changes)
+        print(f"  profile {p['profile']} for {p['destination']}: {n} change{'s' * (n != 1)}")
+        for c in changes:
+            print(f"    {c['attribute']}: {c['action']}")
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
     import anyio
 
-    from router.dicom import DicomError
-    from router.forward.worker import IMPLICIT_LE, VERIFICATION, connect
-    from router.tls import client_context
+    from router.forward.destination import echo
+    from router.forward.kind import TransportError
 
     cfg = _load(args.config)
     if cfg is None:
@@ -165,17 +170,14 @@ def cmd_echo(args: argparse.Namespace) -> int:
         return 1
     dest = cfg.destinations[args.destination]
 
-    async def echo() -> tuple[int, float]:
+    async def round_trip() -> tuple[str, bool, float]:
         t0 = time.perf_counter()
-        ssl_context = client_context(dest.tls) if dest.tls else None
-        verification = [(VERIFICATION, [IMPLICIT_LE])]
-        async with connect(cfg, dest, verification, ssl_context) as assoc:
-            status = await assoc.c_echo()
-        return status, time.perf_counter() - t0
+        result = await echo(cfg, args.destination)
+        return result.detail, result.ok, time.perf_counter() - t0
 
     try:
-        status, rtt = anyio.run(echo)
-    except (DicomError, OSError) as e:
+        detail, ok, rtt = anyio.run(round_trip)
+    except (TransportError, OSError) as e:
         print(
             f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): failed: {e}",
             file=sys.stderr,
@@ -183,9 +185,9 @@ def cmd_echo(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): "
-        f"status {status:04x}, round trip {rtt * 1000:.1f} ms"
+        f"{detail}, round trip {rtt * 1000:.1f} ms"
     )
-    return 0 if status == 0 else 1
+    return 0 if ok else 1
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -64,6 +65,23 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
     return new, changed
 
 
+class Reconfigurable(Protocol):
+    """A part of the running router that takes a new config at a reload's swap.
+
+    ``reconfigure`` is synchronous (no await), so every task sees either the old or
+    the new config, never a mix; it must not fail on a config that loaded and passed
+    :func:`runtime_problems`.
+    """
+
+    def reconfigure(self, old: Config, new: Config) -> None: ...
+
+
+def apply(components: Iterable[Reconfigurable], old: Config, new: Config) -> None:
+    """Hand ``new`` to every component, in order."""
+    for component in components:
+        component.reconfigure(old, new)
+
+
 def runtime_problems(config_path: Path, cfg: Config) -> list[Problem]:
     """What only loading can tell: the TLS files of destinations must load."""
     problems = []
@@ -97,6 +115,9 @@ def watched_paths(config_path: Path, cfg: Config | None) -> tuple[list[Path], li
                 d = p.absolute().parent
                 if d != own_dir and d not in dirs:
                     dirs.append(d)
+        for profile in cfg.profiles.values():  # a new key applies like a new config
+            if profile.deidentify is not None and profile.deidentify.secret_file not in files:
+                files.append(profile.deidentify.secret_file)
     return files, dirs
 
 

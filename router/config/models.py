@@ -29,6 +29,7 @@ from router.config.fields import (
     custom,
     lower,
 )
+from router.config.profiles import DestinationProfile, ProfileName, ProfileRef, unknown_profile
 from router.config.units import GiB, KiB, MiB
 from router.holds import Hold, HoldUntil
 from router.rules.engine import RuleEngine
@@ -224,12 +225,27 @@ class Destination(_Model):
     network_timeout: Duration = 60.0
     retry: Retry = Retry()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    profile: ProfileRef | None = None  # an entry of profiles: for the copies sent here
     tls: ClientTLS | None = None
     # Convert to this lossless syntax whenever the destination accepts it (else the
     # original is sent when accepted, else the first lossless syntax it accepts).
     transcode_to: TransferSyntax | None = None
     # Send nothing of a series (study) until it is complete: see HoldConfig.
     hold: HoldConfig | None = None
+    # An association that has caught up stays open this long for the next instance
+    # before it is released; keep it below the destination's own idle timeout.
+    idle_release: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _idle_below_network_timeout(self) -> Destination:
+        if self.idle_release >= self.network_timeout:
+            raise custom(
+                "idle_release",
+                f"idle_release ({self.idle_release:g}s) is not below network_timeout "
+                f"({self.network_timeout:g}s): an idle association would time out first; "
+                "lower idle_release",
+            )
+        return self
 
 
 class Transcode(_Model):
@@ -257,6 +273,7 @@ class Config(_Model):
     http: Http = Http()
     accept: Accept = Accept()
     destinations: dict[DestinationName, Destination] = Field(default_factory=dict)
+    profiles: dict[ProfileName, DestinationProfile] = Field(default_factory=dict)
     rules: RuleEngine = Field(default_factory=RuleEngine, exclude=True)
     logging: Logging = Logging()
     transcode: Transcode = Transcode()
@@ -279,6 +296,9 @@ class Config(_Model):
         }
         if fixed:
             object.__setattr__(self, "destinations", {**self.destinations, **fixed})
+        for d in self.destinations.values():
+            if d.profile is not None and d.profile not in self.profiles:
+                raise custom("profile", unknown_profile(d.profile, list(self.profiles)))
         if (
             self.http.enabled
             and self.http.port != 0

@@ -1,112 +1,60 @@
-"""Per-destination forwarding: lease, associate, stream, record each outcome.
+"""Per-destination forwarding, independent of the destination's kind: lease, open a
+session, send, record each outcome.
 
-Each destination has ``max_associations`` workers sharing one circuit breaker. A worker
-leases a batch of due deliveries, opens one association proposing exactly the
-presentation contexts the batch needs, sends each data set straight from the spool
-(no decoding), and keeps the association while more work that fits it is due. Outcomes
-follow the pure policies in :mod:`router.forward.outcome` and
-:mod:`router.forward.backoff`; this module only does the I/O around them.
+The :class:`Forwarder` runs as one task; it owns one task group per destination with
+``max_associations`` workers in it, reconciled on reload (:meth:`Forwarder.reconfigure`).
+The workers of a destination share one circuit breaker. A worker leases a batch of due
+deliveries, opens a session for it through the destination's kind
+(:mod:`router.forward.kind`; C-STORE in :mod:`router.forward.dimse`), sends the leases
+one by one, and keeps the session while more work that fits it arrives within the
+destination's ``idle_release``. Outcomes follow the pure policies in
+:mod:`router.forward.outcome` and :mod:`router.forward.backoff`; the settings come from
+:mod:`router.forward.destination`. This module only does the I/O around them.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 
 from router import logs, syntaxes
 from router.config import Config, Destination
-from router.dicom import (
-    Association,
-    AssociationRejected,
-    ConnectError,
-    DicomError,
-    DicomTimeout,
-    NoPresentationContext,
-    associate,
-)
-from router.forward.backoff import CircuitBreaker, DeadLetter, RetryPolicy, decide
-from router.forward.outcome import (
-    Outcome,
-    TransportFailure,
-    classify_status,
-    classify_transport,
-)
+from router.forward import destination
+from router.forward.backoff import CircuitBreaker, DeadLetter, decide
+from router.forward.dimse import Transcoder
+from router.forward.kind import Answered, SendResult, Session, TransportError, Unsendable
+from router.forward.outcome import Outcome, TransportFailure, classify_status, classify_transport
 from router.metrics import Metrics
 from router.store.queue import Lease, QueueClosed
 from router.store.queue import QueueBackend as Queue
 from router.tls import client_context
-from router.transcode import Transcoded, TranscodeError, transcode
+
+__all__ = ["IDLE_RECHECK", "LINGER", "DestinationRuntime", "Forwarder"]
 
 log = logging.getLogger("router.forward")
 
-VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT_LE = "1.2.840.10008.1.2"
-MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1..255
 # How long a worker with nothing due sleeps before looking again, at most; new work
 # wakes it at once through the queue's event.
 IDLE_RECHECK = 30.0
-# While an association is open and the worker has caught up, it waits this long for
-# more instances before leasing again: ten or more per queue transaction instead of
-# one, for a few milliseconds of latency.
+# While a session is open and the worker has caught up, it waits this long for more
+# instances before leasing again: ten or more per queue transaction instead of one,
+# for a few milliseconds of latency.
 LINGER = 0.02
 
-
-def connect(
-    cfg: Config,
-    dest: Destination,
-    contexts: Sequence[tuple[str, Sequence[str]]],
-    ssl_context: ssl.SSLContext | None,
-) -> AbstractAsyncContextManager[Association]:
-    """An association to ``dest`` with its configured AE titles, limits and timeouts."""
-    return associate(
-        dest.host,
-        dest.port,
-        calling_ae=dest.calling_ae_title or cfg.ae_title,
-        called_ae=dest.ae_title,
-        contexts=contexts,
-        max_pdu_length=dest.max_pdu_length,
-        connect_timeout=dest.connect_timeout,
-        acse_timeout=dest.acse_timeout,
-        dimse_timeout=dest.dimse_timeout,
-        network_timeout=dest.network_timeout,
-        ssl_context=ssl_context,
-    )
-
-
-def transport_failure(exc: BaseException) -> TransportFailure:
-    """The network layer's exception as the pure layer's failure kind."""
-    if isinstance(exc, AssociationRejected):
-        return (
-            TransportFailure.REJECTED_TRANSIENT
-            if exc.transient
-            else TransportFailure.REJECTED_PERMANENT
-        )
-    if isinstance(exc, ConnectError | OSError):
-        return TransportFailure.CONNECT_REFUSED
-    if isinstance(exc, DicomTimeout | TimeoutError):
-        return TransportFailure.TIMEOUT
-    if isinstance(exc, NoPresentationContext):
-        return TransportFailure.NO_CONTEXT
-    return TransportFailure.ABORTED
-
-
-def policy_of(dest: Destination) -> RetryPolicy:
-    r = dest.retry
-    return RetryPolicy(
-        max_attempts=r.max_attempts,
-        initial_backoff=r.initial_backoff,
-        max_backoff=r.max_backoff,
-        multiplier=r.multiplier,
-        jitter=r.jitter,
-    )
+# Failures where nothing of the batch reached the destination: every lease waits.
+_UNREACHABLE = (
+    TransportFailure.CONNECT_REFUSED,
+    TransportFailure.TIMEOUT,
+    TransportFailure.REJECTED_TRANSIENT,
+    TransportFailure.REJECTED_PERMANENT,
+)
 
 
 @dataclass
@@ -116,84 +64,210 @@ class DestinationRuntime:
     name: str
     breaker: CircuitBreaker
     changed: anyio.Event = field(default_factory=anyio.Event)
+    plan: destination.Plan | None = None
+    source: Destination | None = None  # the config the plan was built from
     ssl_context: ssl.SSLContext | None = None
     tls_source: object = None
+    running: bool = False  # its task is started (``group`` is set once it runs)
+    group: anyio.abc.TaskGroup | None = None  # the destination's workers, while running
+    workers: set[int] = field(default_factory=set)
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = anyio.Event()
 
 
+@dataclass
+class _Batch:
+    """The leases of one session: not yet sent, in flight, and answered but not yet
+    recorded as delivered (recorded in one queue transaction per status)."""
+
+    unsent: list[Lease]
+    last_lease: int
+    current: Lease | None = None
+    delivered: list[tuple[int, int]] = field(default_factory=list)
+    # the session waited idle and has not been answered since: the peer may have
+    # closed it meanwhile (its idle timeout), which is not the instance's fault
+    idle_resumed: bool = False
+
+
 class Forwarder:
-    """Runs the workers of every destination. ``config`` returns the current config, so
-    a reload changes addresses, policies and batch sizes without a restart."""
+    """Runs the workers of every destination of ``config``; :meth:`reconfigure` swaps
+    in a new config (addresses, policies, batch sizes, destinations, worker counts)."""
 
     def __init__(
         self,
-        config: Callable[[], Config],
+        config: Config,
         queue: Queue,
         metrics: Metrics,
         *,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        linger: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        self._config = config
+        self.config = config
+        self._linger = linger
         self._queue = queue
         self._metrics = metrics
         self._rand = rand
         self._clock = clock
         self._runtimes: dict[str, DestinationRuntime] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._transcoder = Transcoder(
+            queue.spool.tmp_dir,
+            max_concurrent=config.transcode.max_concurrent,
+            max_decoded_bytes=config.transcode.max_decoded_bytes,
+        )
         self.stopping = anyio.Event()
-        self._transcode_limiter: anyio.CapacityLimiter | None = None
+        self.done = anyio.Event()
 
-    def runtime(self, name: str) -> DestinationRuntime:
-        dest = self._config().destinations[name]
-        rt = self._runtimes.get(name)
-        if rt is None:
-            cb = dest.circuit_breaker
-            rt = DestinationRuntime(name, CircuitBreaker(cb.failures, cb.probe_interval))
-            self._runtimes[name] = rt
-        if rt.tls_source is not dest.tls:
-            rt.tls_source = dest.tls
-            rt.ssl_context = client_context(dest.tls) if dest.tls is not None else None
-        return rt
+    # -- lifecycle and reconciliation
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start every destination's workers; return once :meth:`stop` was called and
+        each worker has finished its current send."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._reconcile()
+                task_status.started()
+                await self.stopping.wait()
+        finally:
+            self._tg = None
+            self.done.set()
+
+    def stop(self) -> None:
+        """No new batches; workers stop after their current send."""
+        self.stopping.set()
+        for rt in self._runtimes.values():
+            rt.notify()
+            self._queue.wake(rt.name)
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        """Take ``new`` (synchronous: called at the reload's swap). A destination added
+        gets its workers; one removed, or workers beyond a lowered ``max_associations``,
+        stop after their current send (their deliveries stay queued)."""
+        self.config = new
+        self._transcoder.configure(new.transcode.max_concurrent, new.transcode.max_decoded_bytes)
+        for name, rt in self._runtimes.items():
+            if old.destinations.get(name) != new.destinations.get(name):
+                rt.notify()  # waiting on the breaker: look again
+                self._queue.wake(name)  # idle: look again (and leave if no longer wanted)
+        self._reconcile()
 
     def notify(self, name: str) -> None:
-        """Wake the workers of ``name`` waiting on its breaker (config changed)."""
+        """Wake the workers of ``name`` waiting on its breaker."""
         rt = self._runtimes.get(name)
         if rt is not None:
             rt.notify()
 
+    def workers(self, name: str) -> int:
+        """How many workers of ``name`` are running."""
+        rt = self._runtimes.get(name)
+        return len(rt.workers) if rt is not None else 0
+
+    def breaker(self, name: str) -> CircuitBreaker | None:
+        """The circuit breaker shared by the workers of ``name`` (None before it ran)."""
+        rt = self._runtimes.get(name)
+        return rt.breaker if rt is not None else None
+
+    def _reconcile(self) -> None:
+        if self._tg is None or self.stopping.is_set():
+            return
+        for name in self.config.destinations:
+            rt = self._runtime(name)
+            if not rt.running:
+                rt.running = True
+                self._tg.start_soon(self._destination, rt)
+            else:
+                self._start_workers(rt)  # none yet while its task has not begun: it will
+
+    def _runtime(self, name: str) -> DestinationRuntime:
+        rt = self._runtimes.get(name)
+        if rt is None:
+            rt = DestinationRuntime(name, destination.breaker(self.config.destinations[name]))
+            self._runtimes[name] = rt
+        return rt
+
+    def _start_workers(self, rt: DestinationRuntime) -> None:
+        # the config, not the plan: building a plan loads TLS files, not done at a swap
+        dest = self.config.destinations.get(rt.name)
+        if rt.group is None or dest is None:
+            return
+        for index in range(dest.max_associations):
+            if index not in rt.workers:
+                rt.workers.add(index)
+                rt.group.start_soon(self._worker, rt, index)
+
+    async def _destination(self, rt: DestinationRuntime) -> None:
+        """The task group of one destination's workers; ends when they all have."""
+        async with anyio.create_task_group() as group:
+            rt.group = group
+            self._start_workers(rt)
+        rt.group = None
+        rt.running = False
+        if rt.name not in self.config.destinations and self._runtimes.get(rt.name) is rt:
+            del self._runtimes[rt.name]
+        elif not self.stopping.is_set():
+            self._reconcile()  # re-added while its last workers were leaving
+
+    def _plan(self, rt: DestinationRuntime) -> destination.Plan | None:
+        """The destination's current settings; None once it left the config."""
+        dest = self.config.destinations.get(rt.name)
+        if dest is None:
+            return None
+        if rt.source is not dest or rt.plan is None:
+            if rt.tls_source is not dest.tls:
+                rt.tls_source = dest.tls
+                rt.ssl_context = client_context(dest.tls) if dest.tls is not None else None
+            rt.plan = destination.plan(self.config, rt.name, rt.ssl_context, self._transcoder)
+            rt.source = dest
+            rt.breaker.failure_threshold = rt.plan.failure_threshold
+            rt.breaker.probe_interval = rt.plan.probe_interval
+        return rt.plan
+
+    def _wanted(self, rt: DestinationRuntime, index: int) -> destination.Plan | None:
+        plan = self._plan(rt)
+        if self.stopping.is_set() or plan is None or index >= plan.max_associations:
+            return None
+        return plan
+
     # -- the worker loop
 
-    async def worker(self, name: str, index: int) -> None:
-        """One worker of destination ``name``; returns when the destination leaves the
-        config (its deliveries stay queued and visible) or when stopping."""
-        logs.event(log, logging.DEBUG, "worker_started", destination=name, worker=index)
-        while not self.stopping.is_set():
-            cfg = self._config()
-            dest = cfg.destinations.get(name)
-            if dest is None or index >= dest.max_associations:
-                return
-            rt = self.runtime(name)
-            now = self._clock()
-            if not rt.breaker.allow(now):
-                probe_at = rt.breaker.next_probe_at()
-                await self._wait(rt, None if probe_at is None else max(0.0, probe_at - now))
-                continue
-            if rt.breaker.consecutive_failures >= rt.breaker.failure_threshold:
-                # half-open: this worker holds the one probe; C-ECHO before any data
-                await self._probe(cfg, dest, rt)
-                continue
-            leases = await self._queue.lease(name, dest.batch_size, self._lease_seconds(dest))
-            if not leases:
-                due = self._queue.next_due(name)
-                timeout = IDLE_RECHECK if due is None else max(0.0, due - self._clock())
-                await self._wait_for_work(name, min(timeout, IDLE_RECHECK))
-                continue
-            await self._send(cfg, dest, rt, leases)
+    async def _worker(self, rt: DestinationRuntime, index: int) -> None:
+        """One worker; returns when the destination leaves the config or its index is
+        beyond ``max_associations`` (its deliveries stay queued and visible), or when
+        stopping."""
+        logs.event(log, logging.DEBUG, "worker_started", destination=rt.name, worker=index)
+        try:
+            while (plan := self._wanted(rt, index)) is not None:
+                await self._round(rt, plan, index)
+        finally:
+            rt.workers.discard(index)
 
-    async def _wait(self, rt: DestinationRuntime, timeout: float | None) -> None:
+    async def _round(self, rt: DestinationRuntime, plan: destination.Plan, index: int) -> None:
+        # taken before looking: a change (reload, breaker) from now on ends the wait below
+        changed = rt.changed
+        now = self._clock()
+        if not rt.breaker.allow(now):
+            probe_at = rt.breaker.next_probe_at()
+            await self._wait(changed, None if probe_at is None else max(0.0, probe_at - now))
+            return
+        if rt.breaker.consecutive_failures >= rt.breaker.failure_threshold:
+            await self._probe(rt, plan)  # half-open: this worker holds the one probe
+            return
+        leases = await self._queue.lease(rt.name, plan.batch_size, plan.lease_seconds)
+        if not leases:
+            due = self._queue.next_due(rt.name)
+            timeout = IDLE_RECHECK if due is None else max(0.0, due - self._clock())
+            await self._wait_for_work(rt.name, changed, min(timeout, IDLE_RECHECK))
+            return
+        await self._session(rt, plan, index, leases)
+
+    async def _wait(self, changed: anyio.Event, timeout: float | None) -> None:
+        """Until ``timeout``, ``changed`` or stopping."""
         with anyio.move_on_after(IDLE_RECHECK if timeout is None else timeout):
             async with anyio.create_task_group() as tg:
 
@@ -202,13 +276,15 @@ class Forwarder:
                     tg.cancel_scope.cancel()
 
                 async def change_waiter() -> None:
-                    await rt.changed.wait()
+                    await changed.wait()
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(stop_waiter)
                 tg.start_soon(change_waiter)
 
-    async def _wait_for_work(self, name: str, timeout: float) -> None:
+    async def _wait_for_work(self, name: str, changed: anyio.Event, timeout: float) -> None:
+        """Until work may be due, ``changed`` (the destination's config or breaker),
+        ``timeout`` or stopping."""
         with anyio.move_on_after(timeout):
             async with anyio.create_task_group() as tg:
 
@@ -220,12 +296,13 @@ class Forwarder:
                     await self._queue.wait_for_work(name, timeout)
                     tg.cancel_scope.cancel()
 
+                async def change_waiter() -> None:
+                    await changed.wait()
+                    tg.cancel_scope.cancel()
+
                 tg.start_soon(stop_waiter)
                 tg.start_soon(work_waiter)
-
-    @staticmethod
-    def _lease_seconds(dest: Destination) -> float:
-        return 600.0 + dest.batch_size * (dest.dimse_timeout + dest.network_timeout)
+                tg.start_soon(change_waiter)
 
     def _up(self, rt: DestinationRuntime, up: bool) -> None:
         now = self._clock()
@@ -236,173 +313,183 @@ class Forwarder:
         self._metrics.set_destination_up(rt.name, up)
         rt.notify()
 
-    async def _probe(self, cfg: Config, dest: Destination, rt: DestinationRuntime) -> None:
+    async def _probe(self, rt: DestinationRuntime, plan: destination.Plan) -> None:
         try:
-            async with connect(cfg, dest, [(VERIFICATION, [IMPLICIT_LE])], rt.ssl_context) as assoc:
-                status = await assoc.c_echo()
-        except (DicomError, OSError) as e:
+            echo = await plan.kind.echo()
+        except TransportError as e:
             logs.event(log, logging.WARNING, "probe_failed", destination=rt.name, error=str(e))
             self._up(rt, False)
             return
-        ok = status == 0
-        logs.event(log, logging.INFO, "probe", destination=rt.name, status=f"{status:04x}")
-        self._up(rt, ok)
+        logs.event(log, logging.INFO, "probe", destination=rt.name, result=echo.detail)
+        self._up(rt, echo.ok)
 
-    # -- sending one batch (and the batches that follow on the same association)
+    # -- one session: the batch it was opened for and the batches that follow on it
 
-    async def _send(
-        self, cfg: Config, dest: Destination, rt: DestinationRuntime, leases: list[Lease]
+    async def _session(
+        self, rt: DestinationRuntime, plan: destination.Plan, index: int, leases: list[Lease]
     ) -> None:
-        contexts = _contexts(leases, dest)
-        fitting = {(sop, ts) for sop, tss in contexts for ts in tss}
-        unsent = list(leases)
-        last_lease = len(leases)
-        current: Lease | None = None
-        delivered: list[tuple[int, int]] = []
+        batch = _Batch(list(leases), last_lease=len(leases))
         try:
-            async with connect(cfg, dest, contexts, rt.ssl_context) as assoc:
-                self._metrics.association_opened("out")
+            async with plan.kind.open(leases) as session:
+                self._opened(rt)
                 try:
-                    if rt.breaker.consecutive_failures:
-                        self._up(rt, True)
-                    else:
-                        self._metrics.set_destination_up(rt.name, True)
-                    while unsent and not self.stopping.is_set():
-                        # stopping: the current send finished; the rest go back to pending
-                        lease = unsent[0]
-                        if (lease.sop_class_uid, lease.transfer_syntax) not in fitting:
-                            break  # a later batch needs other contexts: new association
-                        accepted = assoc.accepted_transfer_syntaxes(lease.sop_class_uid)
-                        target = syntaxes.plan(
-                            lease.transfer_syntax, accepted, transcode_to=dest.transcode_to
-                        )
-                        if target is None:
-                            unsent.pop(0)
-                            reason = syntaxes.refusal(lease.transfer_syntax, accepted)
-                            await self._dead_letter(
-                                rt.name, lease, None, f"{dest.ae_title}: {reason}"
-                            )
-                            continue
-                        current = unsent.pop(0)
-                        if target == current.transfer_syntax:
-                            resp = await assoc.c_store(
-                                current.sop_class_uid,
-                                current.sop_instance_uid,
-                                current.transfer_syntax,
-                                current.source,
-                                offset=current.data_offset,
-                                length=current.length,
-                            )
-                        else:
-                            converted = await self._transcode(cfg, rt.name, current, target)
-                            if converted is None:  # dead-lettered with the reason
-                                current = None
-                                continue
-                            try:
-                                resp = await assoc.c_store(
-                                    current.sop_class_uid,
-                                    current.sop_instance_uid,
-                                    converted.transfer_syntax,
-                                    converted.path,
-                                )
-                            finally:
-                                converted.discard()
-                        done, current = current, None
-                        await self._record_status(
-                            rt.name, done, resp.status, resp.error_comment, delivered
-                        )
-                        if (
-                            not unsent
-                            and not self.stopping.is_set()
-                            and rt.name in self._config().destinations
-                        ):
-                            if last_lease < dest.batch_size:
-                                # caught up with the senders: let a batch gather instead of
-                                # paying a queue transaction for every instance
-                                await anyio.sleep(LINGER)
-                            await self._flush(delivered)
-                            more = await self._queue.lease(
-                                rt.name, dest.batch_size, self._lease_seconds(dest)
-                            )
-                            last_lease = len(more)
-                            unsent.extend(more)
+                    await self._stream(rt, plan, index, session, batch)
                     self._metrics.association_closed("out", "released")
                 except BaseException:
                     self._metrics.association_closed("out", "aborted")
                     raise
-        except (DicomError, OSError) as e:
-            failure = transport_failure(e)
-            logs.event(
-                log,
-                logging.WARNING,
-                "forward_failed",
-                destination=rt.name,
-                failure=failure.value,
-                error=str(e) or type(e).__name__,
-                in_flight=current.instance_id if current else "-",
-                unsent=len(unsent),
-            )
-            outcome = classify_transport(failure)
-            if current is not None:
-                await self._after_failure(rt.name, dest, current, outcome, None, str(e))
-            if (
-                failure
-                in (
-                    TransportFailure.CONNECT_REFUSED,
-                    TransportFailure.TIMEOUT,
-                    TransportFailure.REJECTED_TRANSIENT,
-                    TransportFailure.REJECTED_PERMANENT,
-                )
-                and current is None
-            ):
-                # nothing was sent: the destination is unreachable; every lease waits
-                for lease in unsent:
-                    await self._after_failure(rt.name, dest, lease, Outcome.TRANSIENT, None, str(e))
-                unsent = []
-            self._up(rt, False)
+        except TransportError as e:
+            await self._session_failed(rt, plan, batch, e)
         finally:
             with anyio.CancelScope(shield=True):
-                try:
-                    await self._flush(delivered)
-                    if unsent:
-                        await self._queue.release([lease.delivery_id for lease in unsent])
-                    if current is not None and self.stopping.is_set():
-                        await self._queue.release([current.delivery_id])
-                except QueueClosed:
-                    pass  # stopping: leases return to pending at the next start
+                await self._settle(batch)
 
-    async def _transcode(
-        self, cfg: Config, name: str, lease: Lease, target: str
-    ) -> Transcoded | None:
-        """The instance converted to ``target`` in a temp file, off the event loop and
-        bounded in concurrency and memory; None when it cannot be converted (then it
-        is a dead letter with the reason: never dropped)."""
-        if self._transcode_limiter is None:
-            self._transcode_limiter = anyio.CapacityLimiter(cfg.transcode.max_concurrent)
-        self._transcode_limiter.total_tokens = cfg.transcode.max_concurrent
+    def _opened(self, rt: DestinationRuntime) -> None:
+        self._metrics.association_opened("out")
+        if rt.breaker.consecutive_failures:
+            self._up(rt, True)
+        else:
+            self._metrics.set_destination_up(rt.name, True)
+
+    async def _stream(
+        self,
+        rt: DestinationRuntime,
+        plan: destination.Plan,
+        index: int,
+        session: Session,
+        batch: _Batch,
+    ) -> None:
+        """Send in queue order until stopping, the next lease does not fit the session,
+        or nothing more came within ``idle_release``."""
+        while not self.stopping.is_set():
+            if not batch.unsent:
+                if not await self._more(rt, plan, index, batch):
+                    return
+                continue
+            if not session.fits(batch.unsent[0]):
+                return  # it needs other presentation contexts: a new session
+            if self._profile_changed(rt, plan):
+                return  # a reload changed the profile or its key: send with the new one
+            lease = batch.current = batch.unsent.pop(0)
+            result = await session.send(lease, batch.unsent)
+            batch.current = None
+            batch.idle_resumed = False
+            await self._record(rt, lease, result, batch)
+
+    def _profile_changed(self, rt: DestinationRuntime, plan: destination.Plan) -> bool:
+        now = self._plan(rt)
+        return now is not None and now is not plan and now.profile != plan.profile
+
+    async def _more(
+        self, rt: DestinationRuntime, plan: destination.Plan, index: int, batch: _Batch
+    ) -> bool:
+        """Lease the next batch for an open session, waiting up to ``idle_release`` for
+        work to arrive; False: release the session."""
+        if self._wanted(rt, index) is None:
+            return False
+        if batch.last_lease < plan.batch_size:
+            # caught up with the senders: let a batch gather instead of paying a queue
+            # transaction for every instance
+            await self._linger(LINGER)
+        await self._flush(batch.delivered)
+        deadline = anyio.current_time() + plan.idle_release
+        waited = False
+        while True:
+            changed = rt.changed
+            more = await self._queue.lease(rt.name, plan.batch_size, plan.lease_seconds)
+            batch.last_lease = len(more)
+            if more:
+                batch.unsent.extend(more)
+                batch.idle_resumed = waited
+                return True
+            left = deadline - anyio.current_time()
+            if left <= 0 or self._wanted(rt, index) is None:
+                return False
+            waited = True
+            due = self._queue.next_due(rt.name)
+            await self._wait_for_work(
+                rt.name, changed, left if due is None else min(left, max(0.0, due - self._clock()))
+            )
+
+    async def _session_failed(
+        self, rt: DestinationRuntime, plan: destination.Plan, batch: _Batch, e: TransportError
+    ) -> None:
+        current = batch.current
+        if current is not None and batch.idle_resumed and e.failure is TransportFailure.ABORTED:
+            # the peer closed the association while it waited idle: send again on a new
+            # one at once; the attempt is not counted, the destination is not down
+            logs.event(
+                log,
+                logging.INFO,
+                "idle_association_lost",
+                destination=rt.name,
+                error=str(e),
+                in_flight=current.instance_id,
+            )
+            batch.unsent.insert(0, current)
+            batch.current = None
+            return
+        logs.event(
+            log,
+            logging.WARNING,
+            "forward_failed",
+            destination=rt.name,
+            failure=e.failure.value,
+            error=str(e),
+            in_flight=current.instance_id if current else "-",
+            unsent=len(batch.unsent),
+        )
+        if current is not None:
+            batch.current = None
+            await self._after_failure(
+                rt.name, plan, current, classify_transport(e.failure), None, str(e)
+            )
+        elif e.failure in _UNREACHABLE:
+            unsent, batch.unsent = batch.unsent, []
+            for lease in unsent:
+                await self._after_failure(rt.name, plan, lease, Outcome.TRANSIENT, None, str(e))
+        self._up(rt, False)
+
+    async def _settle(self, batch: _Batch) -> None:
+        """At the session's end: record what was delivered; what was not attempted (or
+        never answered, when cancelled) goes back to pending."""
         try:
-            out = await anyio.to_thread.run_sync(
-                functools.partial(
-                    transcode,
-                    lease.source,
-                    lease.transfer_syntax,
-                    target,
-                    data_offset=lease.data_offset,
-                    tmp_dir=self._queue.spool.tmp_dir,
-                    max_decoded_bytes=cfg.transcode.max_decoded_bytes,
-                ),
-                limiter=self._transcode_limiter,
+            await self._flush(batch.delivered)
+            back = [lease.delivery_id for lease in batch.unsent]
+            if batch.current is not None:
+                back.append(batch.current.delivery_id)
+            if back:
+                await self._queue.release(back)
+        except QueueClosed:
+            pass  # stopping: leases return to pending at the next start
+
+    # -- outcomes
+
+    async def _record(
+        self, rt: DestinationRuntime, lease: Lease, result: SendResult, batch: _Batch
+    ) -> None:
+        if isinstance(result, Unsendable):
+            if result.conversion_failed:
+                self._metrics.transcoded(rt.name, ok=False)
+            await self._dead_letter(rt.name, lease, None, result.reason)
+            return
+        if result.conversion is not None:
+            self._converted(rt.name, lease, result)
+        if result.profile is not None:
+            logs.event(
+                log,
+                logging.DEBUG,
+                "deidentified" if result.profile.deidentified else "profile_applied",
+                destination=rt.name,
+                instance=lease.instance_id,
+                profile=result.profile.profile,
+                sop_instance_uid=lease.sop_instance_uid,
+                sent_sop_instance_uid=result.profile.sop_instance_uid,
             )
-        except TranscodeError as e:
-            self._metrics.transcoded(name, ok=False)
-            await self._dead_letter(
-                name,
-                lease,
-                None,
-                f"cannot convert {syntaxes.name(lease.transfer_syntax)} to "
-                f"{syntaxes.name(target)}: {e.reason}",
-            )
-            return None
+        await self._record_status(rt, lease, result, batch.delivered)
+
+    def _converted(self, name: str, lease: Lease, result: Answered) -> None:
+        assert result.conversion is not None
         self._metrics.transcoded(name, ok=True)
         logs.event(
             log,
@@ -411,11 +498,10 @@ class Forwarder:
             destination=name,
             instance=lease.instance_id,
             sop_instance_uid=lease.sop_instance_uid,
-            source=syntaxes.name(lease.transfer_syntax),
-            target=syntaxes.name(out.transfer_syntax),
-            changes="; ".join(out.changes) or "-",
+            source=syntaxes.name(result.conversion.source),
+            target=syntaxes.name(result.conversion.target),
+            changes="; ".join(result.conversion.changes) or "-",
         )
-        return out
 
     async def _flush(self, delivered: list[tuple[int, int]]) -> None:
         if not delivered:
@@ -429,39 +515,39 @@ class Forwarder:
 
     async def _record_status(
         self,
-        name: str,
+        rt: DestinationRuntime,
         lease: Lease,
-        status: int,
-        comment: str | None,
+        result: Answered,
         delivered: list[tuple[int, int]],
     ) -> None:
+        status = result.status
         outcome = classify_status(status)
         if outcome.delivered:
             delivered.append((lease.delivery_id, status))
             self._metrics.delivered(
-                name, self._clock() - lease.received_at, warning=outcome is Outcome.WARNING
+                rt.name, self._clock() - lease.received_at, warning=outcome is Outcome.WARNING
             )
             logs.event(
                 log,
                 logging.INFO,
                 "forwarded",
-                destination=name,
+                destination=rt.name,
                 instance=lease.instance_id,
                 sop_instance_uid=lease.sop_instance_uid,
                 status=f"{status:04x}",
                 attempt=lease.attempt,
             )
             return
-        dest = self._config().destinations.get(name)
-        if dest is None:
+        plan = self._plan(rt)
+        if plan is None:
             await self._queue.release([lease.delivery_id])
             return
-        await self._after_failure(name, dest, lease, outcome, status, comment)
+        await self._after_failure(rt.name, plan, lease, outcome, status, result.comment)
 
     async def _after_failure(
         self,
         name: str,
-        dest: Destination,
+        plan: destination.Plan,
         lease: Lease,
         outcome: Outcome,
         status: int | None,
@@ -469,11 +555,7 @@ class Forwarder:
     ) -> None:
         now = self._clock()
         decision = decide(
-            policy_of(dest),
-            lease.attempt,
-            now,
-            self._rand(),
-            permanent=outcome is Outcome.PERMANENT,
+            plan.policy, lease.attempt, now, self._rand(), permanent=outcome is Outcome.PERMANENT
         )
         detail = error or (f"status {status:04x}" if status is not None else "failed")
         if isinstance(decision, DeadLetter):
@@ -506,20 +588,3 @@ class Forwarder:
             status=f"{status:04x}" if status is not None else "-",
             error=error,
         )
-
-
-def _contexts(leases: Sequence[Lease], dest: Destination) -> list[tuple[str, list[str]]]:
-    """For each (SOP class, received syntax) of the batch, one presentation context per
-    syntax we could send it in (the original first, then the lossless fallbacks), so the
-    destination's choice never forces a conversion it did not need; bounded by PS3.8's
-    128 (leases beyond wait for the next association)."""
-    seen: dict[tuple[str, str], None] = {}
-    for lease in leases:
-        seen.setdefault((lease.sop_class_uid, lease.transfer_syntax), None)
-    out: list[tuple[str, list[str]]] = []
-    for sop, ts in seen:
-        more = syntaxes.contexts(sop, ts, transcode_to=dest.transcode_to)
-        if len(out) + len(more) > MAX_CONTEXTS:
-            break
-        out = syntaxes.merge_contexts([out, more])
-    return out

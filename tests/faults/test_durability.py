@@ -1,4 +1,4 @@
-"""Fault matrix, durability (issue 4, cases 7, 8, 9, 20): storage running low during a
+"""Fault matrix, durability (cases 7, 8, 9, 20): storage running low during a
 receipt, kill -9 just after and just before the response, SIGTERM under load. The
 router runs as a real process; kills are real SIGKILLs. Related, already covered:
 tests/integration/test_crash.py (kill -9 mid-stream, three times, with forwarding in
@@ -241,7 +241,7 @@ def test_20_sigterm_under_heavy_load(tmp_path: Path) -> None:
     names = [e.get("event") for e in events]
     assert "stopping" in names
     after_stop = names[names.index("stopping") :]
-    assert "association_accepted" not in after_stop
+    assert "association_opened" not in after_stop
     acked: list[Path] = []
     for out, batch in zip(outputs, batches, strict=True):
         acked += batch[: out.count("Received Store Response (Success)")]

@@ -20,7 +20,6 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from router.samples import write_dataset
-from tests.conftest import free_port
 from tests.integration.peers import (
     NODELAY_ENV,
     RouterProcess,
@@ -31,6 +30,7 @@ from tests.integration.peers import (
     wait_for,
     write_config,
 )
+from tests.ports import PortInUse, retry_in_use
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -74,9 +74,12 @@ class LoggingSCP(StoreSCP):
 
 
 def start_logging_scp(directory: Path, ae_title: str) -> LoggingSCP:
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    return retry_in_use(lambda port: _start_logging_scp(port, directory, ae_title))
+
+
+def _start_logging_scp(port: int, directory: Path, ae_title: str) -> LoggingSCP:
     log_path = directory.parent / f"{ae_title}.log"
-    port = free_port()
     with log_path.open("wb") as log:
         argv = ["storescp", "-v", "--aetitle", ae_title, "--output-directory", str(directory)]
         proc = subprocess.Popen(
@@ -89,10 +92,15 @@ def start_logging_scp(directory: Path, ae_title: str) -> LoggingSCP:
     scp.log_path = log_path
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "storescp to listen")
-        assert proc.poll() is None, log_path.read_text()
     except AssertionError:
         scp.stop()
         raise
+    if proc.poll() is not None:
+        scp.stop()
+        err = log_path.read_text(errors="replace")
+        if "Address already in use" in err:
+            raise PortInUse(err)
+        raise RuntimeError(f"storescp exited: {err}")
     return scp
 
 

@@ -40,10 +40,10 @@ async def call(port: int, method: str, path: str, body: dict[str, Any] | None = 
     return status, json.loads(out.split(b"\r\n\r\n", 1)[1])
 
 
-async def test_release_route_and_held_deliveries(port: int, storage: Path) -> None:
+async def test_release_route_and_held_deliveries(storage: Path) -> None:
     hold = Hold(HoldUntil.SERIES, quiet=3600.0, max_wait=7200.0)
     q = SqliteQueue(storage, inline_max=4096, max_queue_instances=100, holds={"ai": hold})
-    server = HttpServer("127.0.0.1", port, Metrics(process_metrics=False), list)
+    server = HttpServer("127.0.0.1", 0, Metrics(process_metrics=False), list)
 
     def no_config() -> Config:
         raise AssertionError("these routes do not read the config")
@@ -51,7 +51,7 @@ async def test_release_route_and_held_deliveries(port: int, storage: Path) -> No
     OperatorApi(q, no_config, storage, storage / "router.yaml").install(server)
     async with anyio.create_task_group() as tg:
         await tg.start(q.run)
-        await tg.start(server.serve)
+        port = await tg.start(server.serve)
         for n, series in enumerate(["1.8.1", "1.8.1", "1.8.2"]):
             sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{n}"))
             sink.write(payload(100, n))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.ports import unreserved_port
 
 PLUGIN_NAMES = ("libOrthancDicomWeb.so",)
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
@@ -101,7 +101,7 @@ def start_orthanc(root: Path, *, users: dict[str, str] | None) -> Orthanc:
     plugin = dicomweb_plugin()
     auth = next(iter(users.items())) if users else None
     for _ in range(5):
-        port = free_port()
+        port = unreserved_port()
         run = root / f"run-{port}"
         run.mkdir(parents=True)
         config = {
