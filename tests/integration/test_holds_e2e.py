@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
@@ -328,6 +330,54 @@ def test_queue_commands_show_and_release_holds(tmp_path: Path) -> None:
         with running(router):
             ai.wait_files(8)
             assert order(ai) == [(1, i) for i in range(1, 5)] + [(2, i) for i in range(1, 5)]
+            assert router.terminate() == 0
+    finally:
+        plain.stop()
+        ai.stop()
+
+
+def test_a_hold_added_or_removed_by_reload_applies_to_the_next_instances(
+    tmp_path: Path,
+) -> None:
+    study = generate_uid()
+    _, before = make_series(tmp_path / "before", study, 1, 1)
+    uid_held, held = make_series(tmp_path / "held", study, 2, 3)
+    _, after = make_series(tmp_path / "after", study, 3, 1)
+    plain, ai, router = two_destinations(tmp_path, "2s")
+    config = yaml.safe_load(router.config_path.read_text())
+    hold = config["destinations"]["ai"].pop("hold")
+    router.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def reload() -> None:
+        """SIGHUP (the config watcher may see the change first: either reload counts)."""
+        assert router.proc is not None
+        done = router.metric("dicom_router_config_reloads_total", result="ok")
+        router.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: router.metric("dicom_router_config_reloads_total", result="ok") > done,
+            20,
+            "the reload",
+        )
+
+    try:
+        with running(router):
+            assert storescu(router.port, before).returncode == 0
+            ai.wait_files(1)  # no hold yet: at once
+            config["destinations"]["ai"]["hold"] = hold
+            router.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            reload()
+            assert storescu(router.port, held[::-1]).returncode == 0
+            plain.wait_files(4)
+            ai.wait_files(4)
+            assert order(ai) == [(1, 1), (2, 1), (2, 2), (2, 3)]  # sent 3, 2, 1: held
+            (event,) = events(router, "hold_released")
+            assert (event["series_uid"], event["count"]) == (uid_held, 3)
+            del config["destinations"]["ai"]["hold"]
+            router.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            reload()
+            assert storescu(router.port, after).returncode == 0
+            ai.wait_files(5)
+            assert len(events(router, "hold_released")) == 1  # sent without a hold
             assert router.terminate() == 0
     finally:
         plain.stop()
