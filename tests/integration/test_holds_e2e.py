@@ -175,7 +175,7 @@ MTIME_SLACK = 0.05
 
 
 def test_a_series_hold_sends_each_series_whole_in_instance_order(tmp_path: Path) -> None:
-    quiet = 3.0
+    quiet = 4.0
     study = generate_uid()
     uid_a, series_a = make_series(tmp_path / "src", study, 1, 6)
     uid_b, series_b = make_series(tmp_path / "src", study, 2, 6)
@@ -244,7 +244,7 @@ def test_a_series_hold_sends_each_series_whole_in_instance_order(tmp_path: Path)
 def test_held_series_survive_a_stop_and_are_delivered_whole_after_restart(
     tmp_path: Path, stop: str
 ) -> None:
-    quiet = 5.0
+    quiet = 6.0
     study = generate_uid()
     uid_a, series_a = make_series(tmp_path / "src", study, 1, 5)
     uid_b, series_b = make_series(tmp_path / "src", study, 2, 5)
