@@ -8,11 +8,17 @@
                                        of the oldest, unrouted instances
 ``GET  /api/queue/deliveries``         deliveries; query ``destination``, ``state``,
                                        ``older_than`` (``90s``, ``2h``), ``study`` (Study
-                                       Instance UID), ``limit`` (default 1000)
+                                       Instance UID), ``series`` (Series Instance UID),
+                                       ``limit`` (default 1000); a held one has
+                                       ``release_at`` and ``release_reason``
 ``POST /api/queue/retry``              JSON body: the same filters; dead letters (state
                                        ``failed``) back to pending -> ``{"retried": n}``
 ``POST /api/queue/purge``              JSON body: the same filters and ``"confirm":
                                        true``; deletes -> ``{"purged": n}``
+``POST /api/queue/release``            JSON body: ``destination``, ``study``, ``series``
+                                       (no ``limit``); releases the held series or
+                                       studies holding a match now, each whole ->
+                                       ``{"released": n}``
 ``POST /api/reload``                   reload the config now (what SIGHUP does) ->
                                        ``{"ok": bool, "problems": [...]}``
 =====================================  ===================================================
@@ -94,6 +100,7 @@ class OperatorApi:
         http.add_route("/api/queue/deliveries", self._wrap(self.deliveries))
         http.add_route("/api/queue/retry", self._wrap(self.retry), methods=("POST",))
         http.add_route("/api/queue/purge", self._wrap(self.purge), methods=("POST",))
+        http.add_route("/api/queue/release", self._wrap(self.release), methods=("POST",))
         if self.reload is not None:
             http.add_route("/api/reload", self._wrap(self.reload_now), methods=("POST",))
 
@@ -160,6 +167,16 @@ class OperatorApi:
         n = await self.queue.purge(f)
         logs.event(log, logging.WARNING, "queue_purge", deleted=n, **ops.filter_params(f))
         return {"purged": n}
+
+    async def release(self, request: Request) -> dict[str, Any]:
+        f = ops.make_filter(_json_body(request))
+        if f.state not in (None, State.HELD):
+            raise ApiError(400, "release applies to held deliveries (state held) only")
+        if f.limit is not None:
+            raise ApiError(400, "release takes whole series or studies: no limit")
+        n = await self.queue.release_holds(f)
+        logs.event(log, logging.INFO, "queue_release", deliveries=n, **ops.filter_params(f))
+        return {"released": n}
 
     async def reload_now(self, request: Request) -> dict[str, Any]:
         assert self.reload is not None

@@ -97,6 +97,7 @@ class Router:
             max_queue_instances=storage.max_queue_instances,
             retention=storage.retention,
         )
+        self.queue.set_holds(config.holds)
         self.ingest = Ingest(lambda: self.config, self.queue, self.metrics, self.free_bytes)
         self.acceptor = Acceptor(acceptor_config(config), self.ingest)
         self.forwarder = Forwarder(config, self.queue, self.metrics)
@@ -120,6 +121,7 @@ class Router:
         # what takes a new config at a reload, in this order
         self.reconfigurable: list[Reconfigurable] = [
             _AcceptorSettings(self.acceptor),
+            _HoldSettings(self.queue),
             _MetricsSettings(self.metrics),
             self.forwarder,
             _LoggingSettings(),
@@ -304,6 +306,14 @@ class _AcceptorSettings:
 
     def reconfigure(self, old: Config, new: Config) -> None:
         self.acceptor.update(acceptor_config(new, tls=False))  # the running TLS stays
+
+
+class _HoldSettings:
+    def __init__(self, queue: QueueBackend) -> None:
+        self.queue = queue
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        self.queue.set_holds(new.holds)  # instances committed from now on
 
 
 class _MetricsSettings:

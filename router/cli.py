@@ -242,10 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", "list deliveries (the first 1000 unless --limit)"),
         ("retry", "move dead letters (state failed) back to pending"),
         ("purge", "delete deliveries and their data (asks unless --yes)"),
+        ("release", "send held series or studies now instead of waiting for their hold"),
     ):
         q = qsub.add_parser(name, parents=[common], help=text, description=text)
         q.add_argument("--json", action="store_true", help="machine-readable output")
-        if name != "status":
+        if name == "release":
+            q.add_argument("--destination", help="only this destination's holds")
+            q.add_argument(
+                "--study", dest="study_uid", default=None, metavar="UID", help="Study Instance UID"
+            )
+            q.add_argument(
+                "--series",
+                dest="series_uid",
+                default=None,
+                metavar="UID",
+                help="Series Instance UID",
+            )
+        elif name != "status":
             q.add_argument("--destination", help="only this destination")
             q.add_argument(
                 "--state",
@@ -261,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
             q.add_argument(
                 "--study", dest="study_uid", default=None, metavar="UID", help="Study Instance UID"
+            )
+            q.add_argument(
+                "--series",
+                dest="series_uid",
+                default=None,
+                metavar="UID",
+                help="Series Instance UID",
             )
             q.add_argument("--limit", type=int, default=None, metavar="N", help="at most N")
         if name == "purge":

@@ -162,6 +162,9 @@ def _text(value: Any) -> str:
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
 _STUDY_INSTANCE_UID = 0x0020000D
+_SERIES_INSTANCE_UID = 0x0020000E
+_SERIES_NUMBER = 0x00200011
+_INSTANCE_NUMBER = 0x00200013
 
 
 def _uid(ds: Dataset, tag: int) -> str:
@@ -177,6 +180,16 @@ def _uid(ds: Dataset, tag: int) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return _text(value)
+
+
+def _number(ds: Dataset, tag: int) -> int | None:
+    """An IS element (SeriesNumber, InstanceNumber: a hold's send order) as an int, or
+    None when absent, empty or not a whole number (such instances are sent last)."""
+    text = _uid(ds, tag)
+    try:
+        return int(text.split("\\", 1)[0]) if text else None
+    except ValueError:
+        return None
 
 
 class Ingest(StoreHandler):
@@ -350,6 +363,9 @@ class Ingest(StoreHandler):
             sop_instance_uid=req.sop_instance_uid,
             transfer_syntax=req.transfer_syntax,
             study_instance_uid=_uid(ds, _STUDY_INSTANCE_UID) or None,
+            series_instance_uid=_uid(ds, _SERIES_INSTANCE_UID) or None,
+            series_number=_number(ds, _SERIES_NUMBER),
+            instance_number=_number(ds, _INSTANCE_NUMBER),
             calling_ae=info.calling_ae,
             called_ae=info.called_ae,
             received_at=time.time(),

@@ -114,7 +114,7 @@ OUTCOMES: tuple[str, ...] = ("delivered", "warning", "retry", "failed")
 DIRECTIONS: tuple[str, ...] = ("in", "out")
 #: queue_instances{state}: the states of a delivery row (one instance x one destination),
 #: ``State.delivery_states()`` of router.store.records: ``pending``, ``leased``,
-#: ``delivered``, ``failed``. Each appears at 0.
+#: ``delivered``, ``failed``, ``held``. Each appears at 0.
 #: config_reloads_total{result}
 RELOAD_RESULTS: tuple[str, ...] = ("ok", "error")
 #: associations_total{how}

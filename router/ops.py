@@ -17,7 +17,7 @@ from router.config import parse_duration
 from router.store.records import Entry, Filter, QueueCounts, State
 
 #: The filter keys of the API's query strings and JSON bodies (and of the CLI options).
-FILTER_KEYS = ("destination", "state", "older_than", "study", "limit")
+FILTER_KEYS = ("destination", "state", "older_than", "study", "series", "limit")
 #: ``queue list`` shows at most this many deliveries unless told otherwise.
 DEFAULT_LIST_LIMIT = 1000
 #: and never more than this many through the HTTP API in one answer
@@ -63,6 +63,7 @@ def make_filter(params: Mapping[str, Any], *, extra: Collection[str] = ()) -> Fi
         state=None if state is None else State.parse(state),
         min_age=min_age,
         study_uid=text("study"),
+        series_uid=text("series"),
         limit=limit,
     )
 
@@ -74,6 +75,7 @@ def filter_params(f: Filter) -> dict[str, Any]:
         "state": None if f.state is None else f.state.value,
         "older_than": None if f.min_age is None else f"{f.min_age:g}s",
         "study": f.study_uid,
+        "series": f.series_uid,
         "limit": f.limit,
     }
     return {k: v for k, v in out.items() if v is not None}
@@ -194,13 +196,23 @@ def _fmt_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _due(e: Entry) -> str:
+    """When it goes out: a pending delivery's due time; a held one's release time and
+    the limit that sets it (quiet: unless another instance of its group arrives first)."""
+    if e.state is State.PENDING:
+        return _fmt_time(e.due_at)
+    if e.state is State.HELD and e.release_at is not None:
+        return f"{_fmt_time(e.release_at)} ({e.release_reason or '?'})"
+    return "-"
+
+
 def entries_table(entries: list[Entry]) -> str:
     rows = [["INSTANCE", "DESTINATION", "STATE", "ATTEMPTS", "RECEIVED", "DUE", "LAST"]]
     for e in entries:
         last = "-" if e.last_status is None else f"{e.last_status:04x}"
         if e.last_error:
             last = e.last_error if last == "-" else f"{last} {e.last_error}"
-        due = _fmt_time(e.due_at) if e.state is State.PENDING else "-"
+        due = _due(e)
         rows.append(
             [
                 e.instance_id,

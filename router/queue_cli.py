@@ -1,11 +1,12 @@
-"""`dicom-router queue status|list|retry|purge`: the operator's view of the queue.
+"""`dicom-router queue status|list|retry|purge|release`: the operator's view of the queue.
 
 While the router runs, the commands go through its operator API (:mod:`router.api`)
 on ``http.host:http.port``, so changes are made by the router's own queue. When no
 router answers there, the queue's standalone administration (:mod:`router.store.admin`)
-serves them: ``status`` and ``list`` read (safe next to a router writing), ``retry`` and
-``purge`` take the storage lock and change it directly; a router that runs without its
-HTTP server keeps that lock, and then they refuse with a message saying so.
+serves them: ``status`` and ``list`` read (safe next to a router writing), ``retry``,
+``purge`` and ``release`` take the storage lock and change it directly; a router that
+runs without its HTTP server keeps that lock, and then they refuse with a message saying
+so.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def _filter(args: argparse.Namespace, *, default_limit: int | None = None) -> Fi
             "state": args.state,
             "older_than": args.older_than,
             "study": args.study_uid,
+            "series": args.series_uid,
             "limit": args.limit if args.limit is not None else default_limit,
         }
     )
@@ -192,7 +194,27 @@ def purge(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
     return 0
 
 
-ACTIONS = {"status": status, "list": list_, "retry": retry, "purge": purge}
+def release(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
+    f = ops.make_filter(
+        {"destination": args.destination, "study": args.study_uid, "series": args.series_uid}
+    )
+    if api is not None:
+        n = api.post("/api/queue/release", ops.filter_params(f))["released"]
+    else:
+        try:
+            with _admin(cfg) as q:
+                n = q.release_holds(f)
+        except RouterRunning:
+            raise _running_without_api(cfg) from None
+    if args.json:
+        print(json.dumps({"released": n}))
+        return 0
+    where = "" if f == Filter() else f" matching {ops.describe_filter(f)}"
+    print(f"{n} held deliveries released{where} (each series or study whole)")
+    return 0
+
+
+ACTIONS = {"status": status, "list": list_, "retry": retry, "purge": purge, "release": release}
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ _EXAMPLES: Final = {
     "port": "port: 104",
     "cert": "cert: /etc/dicom-router/tls/router.crt",
     "key": "key: /etc/dicom-router/tls/router.key",
+    "until": "until: series_complete",
 }
 
 

@@ -31,6 +31,7 @@ from router.config.fields import (
 )
 from router.config.profiles import DestinationProfile, ProfileName, ProfileRef, unknown_profile
 from router.config.units import GiB, KiB, MiB
+from router.holds import Hold, HoldUntil
 from router.rules.engine import RuleEngine
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "ClientTLS",
     "Config",
     "Destination",
+    "HoldConfig",
     "Http",
     "Listen",
     "Logging",
@@ -179,6 +181,34 @@ class CircuitBreaker(_Model):
     probe_interval: Duration = 30.0
 
 
+class HoldConfig(_Model):
+    """``hold: {until, quiet, max_wait}``: wait until a series (or study) is complete
+    before sending any of it (the timing is :mod:`router.holds`; README "Holds")."""
+
+    until: Annotated[Literal["series_complete", "study_complete"], BeforeValidator(lower)]
+    quiet: Duration = 30.0  # no new instance of the group for this long: it is complete
+    max_wait: Duration = 3600.0  # never hold a group longer than this after its first
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HoldConfig:
+        if self.quiet <= 0:
+            raise custom("hold", "quiet must be more than 0 (e.g. quiet: 30s)")
+        if self.max_wait <= 0:
+            raise custom("hold", "max_wait must be more than 0 (e.g. max_wait: 1h)")
+        if self.max_wait < self.quiet:
+            raise custom(
+                "hold",
+                f"max_wait ({self.max_wait:g}s) is shorter than quiet ({self.quiet:g}s): "
+                "every group would be released by max_wait; make max_wait at least quiet",
+            )
+        return self
+
+    @property
+    def policy(self) -> Hold:
+        """The pure policy the queue applies."""
+        return Hold(HoldUntil(self.until), self.quiet, self.max_wait)
+
+
 class Destination(_Model):
     """A C-STORE SCP we forward to."""
 
@@ -200,6 +230,8 @@ class Destination(_Model):
     # Convert to this lossless syntax whenever the destination accepts it (else the
     # original is sent when accepted, else the first lossless syntax it accepts).
     transcode_to: TransferSyntax | None = None
+    # Send nothing of a series (study) until it is complete: see HoldConfig.
+    hold: HoldConfig | None = None
     # An association that has caught up stays open this long for the next instance
     # before it is released; keep it below the destination's own idle timeout.
     idle_release: Duration = 5.0
@@ -281,3 +313,8 @@ class Config(_Model):
 
     def destination(self, name: str) -> Destination:
         return self.destinations[name]
+
+    @property
+    def holds(self) -> dict[str, Hold]:
+        """The hold policy of every destination that has one (what the queue applies)."""
+        return {n: d.hold.policy for n, d in self.destinations.items() if d.hold is not None}

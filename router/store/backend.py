@@ -24,22 +24,35 @@ Contracts every backend keeps (tests/store/test_queue.py runs them per backend):
   deliveries (False/0 otherwise).
 - An instance is done when every delivery is delivered: its data goes at once, or after
   the retention by ``housekeeping``. Dead letters (``failed``) keep their data.
-- ``stats``, ``is_full`` and ``next_due`` are cheap (no I/O: metrics call them on the
-  event loop); ``counts`` is a fresh count of the stored rows.
-- Every method but ``run``, ``new_sink``, ``stats``, ``next_due``, ``is_full`` and
-  ``wake`` raises :class:`~router.store.records.QueueClosed` when the queue is not
-  running.
+- Holds (:mod:`router.holds` is the timing): after ``set_holds``, a delivery to a
+  destination with a hold is committed ``held``, and in the same transaction its group
+  (the series or study UID for that destination) is opened or its release time moved
+  by :func:`router.holds.arrive`. Release times are stored, so holds survive restarts.
+  The backend runs one timer for the earliest release time (``next_release``), not a
+  periodic scan; at start it is set from the stored groups, so a group whose time
+  passed while the router was down is released at once. Releasing a group is one
+  transaction: its held deliveries become pending in :func:`router.holds.send_order`
+  (``lease`` returns them in that order), its group is closed (a later instance of the
+  series opens a new one), the destination's waiters are woken, and one
+  ``hold_released`` event is logged (destination, series_uid or study_uid, count,
+  reason quiet|max_wait|operator). ``lease`` never returns held deliveries.
+- ``stats``, ``is_full``, ``next_due`` and ``next_release`` are cheap (no I/O: metrics
+  call them on the event loop); ``counts`` is a fresh count of the stored rows.
+- Every method but ``run``, ``new_sink``, ``stats``, ``next_due``, ``next_release``,
+  ``is_full``, ``set_holds`` and ``wake`` raises
+  :class:`~router.store.records.QueueClosed` when the queue is not running.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 import anyio.abc
 
+from router.holds import Hold
 from router.store.records import (
     CommitResult,
     Entry,
@@ -68,6 +81,11 @@ class QueueBackend(Protocol):
         removed), report started, then serve until cancelled. Runs once."""
         ...
 
+    def set_holds(self, holds: Mapping[str, Hold]) -> None:
+        """The hold policy per destination (others are not held): before ``run`` and on
+        every reload. Applies to commits from then on; open groups keep their times."""
+        ...
+
     # -- ingest
 
     def new_sink(self, req: StoreRequestLike) -> SpooledSink: ...
@@ -79,7 +97,8 @@ class QueueBackend(Protocol):
     async def commit_instance(
         self, record: InstanceRecord, sink: SpooledSink, destinations: Sequence[str]
     ) -> str:
-        """Make the instance durable with one delivery per destination; its id."""
+        """Make the instance durable with one delivery per destination (``held`` for a
+        destination with a hold, its group moved in the same transaction); its id."""
         ...
 
     async def commit(
@@ -121,6 +140,23 @@ class QueueBackend(Protocol):
         """Wake whoever waits for work of ``destination``."""
         ...
 
+    # -- holds
+
+    def next_release(self) -> float | None:
+        """Clock time of the earliest hold release (the timer's), or None."""
+        ...
+
+    async def release_due_holds(self) -> int:
+        """Release every group whose release time has come (what the timer calls);
+        the deliveries released."""
+        ...
+
+    async def release_holds(self, f: Filter = Filter()) -> int:
+        """Release now (reason ``operator``) every group holding a delivery that
+        matches ``f`` (destination, study, series; ``state`` None or held; no
+        ``limit``): each group whole, in its send order. The deliveries released."""
+        ...
+
     # -- metrics
 
     def stats(self) -> QueueStats: ...
@@ -158,6 +194,10 @@ class AdminBackend(Protocol):
     def retry_failed(self, f: Filter = Filter()) -> int: ...
 
     def purge(self, f: Filter) -> int: ...
+
+    def release_holds(self, f: Filter = Filter()) -> int:
+        """As :meth:`QueueBackend.release_holds`; the router sends them once it runs."""
+        ...
 
     def housekeeping(self) -> int: ...
 

@@ -34,13 +34,16 @@ class State(enum.StrEnum):
 
     ``pending`` waits for a worker or for its retry's due time; ``leased``: a worker is
     sending it (the attempt is already counted); ``delivered``: kept until the instance is
-    done; ``failed``: a dead letter, its data kept for ``dicom-router queue retry``.
+    done; ``failed``: a dead letter, its data kept for ``dicom-router queue retry``;
+    ``held``: its destination has a hold and its series (or study) is not complete yet
+    (it becomes ``pending`` when the hold is released, see :mod:`router.holds`).
     """
 
     PENDING = "pending"
     LEASED = "leased"
     DELIVERED = "delivered"
     FAILED = "failed"
+    HELD = "held"
     UNROUTED = "unrouted"
 
     @classmethod
@@ -90,6 +93,10 @@ class InstanceRecord:
     calling_ae: str = ""
     called_ae: str = ""
     received_at: float | None = None  # None: the commit time
+    # for holds: the series an instance belongs to and its place in the send order
+    series_instance_uid: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
     # BLAKE2b of the data set bytes; given, an identical instance still queued for a
     # destination is not queued for it again (``duplicates: drop_identical``).
     digest: str | None = None
@@ -140,7 +147,7 @@ class Filter:
     ``state`` is a :class:`State` (text is accepted and checked); ``unrouted`` selects
     instances without deliveries; with neither ``state`` nor ``destination`` unrouted
     instances are included too. ``min_age``: received at least that many seconds ago.
-    ``limit``: at most that many.
+    ``series_uid``: Series Instance UID. ``limit``: at most that many.
     """
 
     destination: str | None = None
@@ -149,6 +156,7 @@ class Filter:
     study_uid: str | None = None
     instance_id: str | None = None
     limit: int | None = None
+    series_uid: str | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None:
@@ -164,7 +172,10 @@ class Filter:
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One row of ``list_deliveries``: a delivery, or an unrouted instance
-    (``delivery_id``/``destination`` None, ``state`` unrouted)."""
+    (``delivery_id``/``destination`` None, ``state`` unrouted). A ``held`` delivery
+    tells when its hold group is released unless another instance arrives first
+    (``release_at``) and by which limit (``release_reason``: ``quiet`` or
+    ``max_wait``)."""
 
     delivery_id: int | None
     instance_id: str
@@ -180,6 +191,9 @@ class Entry:
     sop_instance_uid: str
     study_uid: str | None
     size: int
+    series_uid: str | None = None
+    release_at: float | None = None
+    release_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,13 +196,14 @@ def test_queue_gauges_are_read_at_scrape_time() -> None:
     q = "dicom_router_queue_instances"
     assert value(m, q, destination="pacs", state="pending") == 3
     assert value(m, q, destination="pacs", state="failed") == 2
-    for s in ("pending", "leased", "delivered", "failed"):  # every state of every
+    for s in ("pending", "leased", "delivered", "failed", "held"):  # every state of every
         assert value(m, q, destination="ai", state=s) == 0  # configured destination appears
     assert [s.value for s in State.delivery_states()] == [
         "pending",
         "leased",
         "delivered",
         "failed",
+        "held",
     ]
     assert value(m, "dicom_router_queue_oldest_age_seconds", destination="pacs") == 42.5
     assert value(m, "dicom_router_queue_oldest_age_seconds", destination="ai") == 0

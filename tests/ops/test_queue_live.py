@@ -62,7 +62,7 @@ def test_queue_commands_while_the_router_runs(
         header = lines[0]
         assert header.split() == ["DESTINATION", "STATE", "COUNT", "OLDEST"]
         table = lines[: lines.index("")]
-        assert len(table) == 1 + 2 * 4 + 1  # two destinations x four states, unrouted
+        assert len(table) == 1 + 2 * 5 + 1  # two destinations x five states, unrouted
         count_end = header.index("COUNT") + len("COUNT")
         age_end = len(header)
         for line in table[1:]:

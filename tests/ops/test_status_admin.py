@@ -49,7 +49,7 @@ def test_status_report_from_counts() -> None:
     assert list(report["destinations"]) == ["ai", "gone", "pacs"]
     for name, d in report["destinations"].items():
         assert d["configured"] == (name != "gone")
-        assert list(d["states"]) == ["pending", "leased", "delivered", "failed"]
+        assert list(d["states"]) == ["pending", "leased", "delivered", "failed", "held"]
     assert report["destinations"]["pacs"]["states"]["failed"] == {
         "count": 2,
         "oldest_age_seconds": 60.0,

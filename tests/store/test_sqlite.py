@@ -15,6 +15,7 @@ import pytest
 
 import router.store.sqlite.executor as executor
 from router.cli import main
+from router.holds import Hold, HoldUntil
 from router.store.admin import open_admin, read_counts
 from router.store.records import Filter, InstanceRecord, RouterRunning, SchemaError, State
 from router.store.sqlite import DB_NAME, SqliteQueue
@@ -116,7 +117,7 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_rows(
     assert read_counts(storage).by_state() == {("pacs", "pending"): 1, ("ai", "failed"): 1}
     assert user_version(storage) == 1
     async with SQLITE.running(storage) as q:
-        assert user_version(storage) == VERSION == 2
+        assert user_version(storage) == VERSION == 3
         assert q.stats().counts == {("pacs", "pending"): 1, ("ai", "failed"): 1}
         assert q.stats().unrouted == 1 and q.stats().instances == 2
         (le,) = await q.lease("pacs", 10, 30)
@@ -130,12 +131,25 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_rows(
             sink.write(payload(10))
             result = await q.commit(rec, sink, ["pacs"])
         assert not result.stored and result.dropped == ("pacs",)
+        # version 3: the rebuilt delivery table takes held deliveries
+        q.set_holds({"ai": Hold(HoldUntil.SERIES, 30.0, 60.0)})
+        await commit(q, 10, ["ai"], seed=5)
+        assert q.stats().counts[("ai", "held")] == 1
     conn = sqlite3.connect(storage / DB_NAME)
     try:
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(instance)")}
+        delivery_indexes = {r[1] for r in conn.execute("PRAGMA index_list(delivery)")}
+        kept = conn.execute(
+            "SELECT id, destination, state, attempts, last_status FROM delivery"
+            " WHERE instance_id = '0000000001aa' ORDER BY id"
+        ).fetchall()
+        (fk,) = conn.execute("PRAGMA foreign_key_list(delivery)").fetchall()
     finally:
         conn.close()
     assert "instance_digest" in indexes
+    assert {"delivery_due", "delivery_age", "delivery_hold"} <= delivery_indexes
+    assert kept == [(1, "pacs", "leased", 1, None), (2, "ai", "failed", 3, 0xA700)]  # same ids
+    assert (fk[2], fk[3], fk[4]) == ("instance", "instance_id", "id")
 
 
 @pytest.mark.asyncio

@@ -1,7 +1,7 @@
 """The SQLite queue's standalone administration, for the command line while no router
 serves the operator API: reading (``status``, ``list``) needs no lock and is safe next to
 a running router (WAL readers do not block its writer); changing (``retry``, ``purge``,
-housekeeping) takes the storage lock, so it is refused while a router holds the
+``release``, housekeeping) takes the storage lock, so it is refused while a router holds the
 directory and a router cannot start meanwhile.
 """
 
@@ -18,6 +18,7 @@ from typing import TypeVar
 from router.store.records import Entry, Filter, QueueCounts, StoreError
 from router.store.spool import Spool
 from router.store.sqlite import commands
+from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
 from router.store.sqlite.schema import DB_NAME, connect, connect_read_only, lock_storage
 
@@ -90,7 +91,9 @@ class SqliteAdmin:
         if self._core is None:
             raise RuntimeError("this administration was opened read-only")
         with _errors():
-            return self._core.transaction(fn)[0]
+            result, d = self._core.transaction(fn)
+        hold_sql.log_released(d.released)
+        return result
 
     def counts(self) -> QueueCounts:
         with _errors():
@@ -105,6 +108,9 @@ class SqliteAdmin:
 
     def purge(self, f: Filter) -> int:
         return self._change(lambda c, d: commands.purge(c, f, d))
+
+    def release_holds(self, f: Filter = Filter()) -> int:
+        return self._change(lambda c, d: commands.release_holds(c, f, d))
 
     def housekeeping(self) -> int:
         return self._change(lambda c, d: c.housekeeping(d, limit=1_000_000))

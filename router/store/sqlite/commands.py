@@ -1,7 +1,7 @@
 """The SQLite queue's SQL for the operator commands: counts by state, listing, retrying
-dead letters, purging (housekeeping is :meth:`Core.housekeeping`, which start-up uses
-too). The same functions serve the running queue (as jobs on its DB thread) and the
-standalone administration, so each query exists once.
+dead letters, purging, releasing holds (housekeeping is :meth:`Core.housekeeping`,
+which start-up uses too). The same functions serve the running queue (as jobs on its DB
+thread) and the standalone administration, so each query exists once.
 
 Reads take a bare connection (the read-only administration has no spool); changes take
 the :class:`~router.store.sqlite.core.Core` and record them in a ``Delta``.
@@ -9,11 +9,17 @@ the :class:`~router.store.sqlite.core.Core` and record them in a ``Delta``.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
 from router.store.records import Entry, Filter, QueueCounts, State, StateCount
+from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
+from router.store.sqlite.schema import version_of
+
+#: The schema version that has holds (series columns, the hold table).
+_HOLDS_VERSION = 3
 
 
 def _where(f: Filter, now: float) -> tuple[str, list[Any]]:
@@ -42,6 +48,9 @@ def _where_instance(f: Filter, now: float) -> tuple[list[str], list[Any]]:
     if f.instance_id is not None:
         clauses.append("i.id = ?")
         args.append(f.instance_id)
+    if f.series_uid is not None:
+        clauses.append("i.series_uid = ?")
+        args.append(f.series_uid)
     return clauses, args
 
 
@@ -65,13 +74,23 @@ def status_counts(conn: sqlite3.Connection) -> QueueCounts:
 def list_deliveries(conn: sqlite3.Connection, f: Filter, now: float) -> list[Entry]:
     limit = f.limit if f.limit is not None else -1
     out: list[Entry] = []
+    # a read-only open may see an older schema (an older router runs on it)
+    holds = version_of(conn) >= _HOLDS_VERSION
+    series = "i.series_uid" if holds else "NULL"
     if f.state is not State.UNROUTED:
         where, args = _where(f, now)
+        hold_cols, hold_join = ", NULL, NULL", ""
+        if holds:
+            hold_cols = ", h.release_at, h.reason"
+            hold_join = (
+                " LEFT JOIN hold h ON d.state = 'held' AND h.destination = d.destination"
+                " AND h.key = d.hold_key"
+            )
         for r in conn.execute(
             "SELECT d.id, i.id, d.destination, d.state, d.attempts, d.due_at,"
             " d.last_status, d.last_error, i.received_at, d.updated_at, i.sop_class_uid,"
-            " i.sop_instance_uid, i.study_uid, i.size FROM delivery d"
-            f" JOIN instance i ON i.id = d.instance_id WHERE {where}"
+            f" i.sop_instance_uid, i.study_uid, i.size, {series}{hold_cols} FROM delivery d"
+            f" JOIN instance i ON i.id = d.instance_id{hold_join} WHERE {where}"
             " ORDER BY i.received_at, i.id, d.destination LIMIT ?",
             (*args, limit),
         ):
@@ -82,7 +101,8 @@ def list_deliveries(conn: sqlite3.Connection, f: Filter, now: float) -> list[Ent
         rest = -1 if f.limit is None else f.limit - len(out)
         for r in conn.execute(
             "SELECT i.id, i.received_at, i.sop_class_uid, i.sop_instance_uid, i.study_uid,"
-            f" i.size FROM instance i WHERE {where} ORDER BY i.received_at, i.id LIMIT ?",
+            f" i.size, {series} FROM instance i WHERE {where}"
+            " ORDER BY i.received_at, i.id LIMIT ?",
             (*args, rest),
         ):
             out.append(
@@ -144,4 +164,27 @@ def purge(core: Core, f: Filter, d: Delta) -> int:
             core.remove_instance(inst, d)
         n += len(ids)
     core.settle(sorted(instances), d)
+    hold_sql.drop_empty_groups(core, d)
     return n
+
+
+def check_release_filter(f: Filter) -> None:
+    """ValueError unless ``f`` can select hold groups (no other state, no limit)."""
+    if f.state not in (None, State.HELD):
+        raise ValueError("release applies to held deliveries only")
+    if f.limit is not None:
+        raise ValueError("release takes whole series or studies: no limit")
+
+
+def release_holds(core: Core, f: Filter, d: Delta) -> int:
+    """Release now the hold groups (series or studies) that hold a delivery matching
+    ``f``: each whole, in its send order. Returns the deliveries released."""
+    check_release_filter(f)
+    where, args = _where(dataclasses.replace(f, state=None), core.clock())
+    pairs = core.conn.execute(
+        "SELECT DISTINCT d.destination, d.hold_key FROM delivery d"
+        f" JOIN instance i ON i.id = d.instance_id WHERE d.state = 'held' AND {where}"
+        " ORDER BY d.destination, d.hold_key",
+        args,
+    ).fetchall()
+    return hold_sql.release_groups(core, hold_sql.groups_of(core, pairs), d)

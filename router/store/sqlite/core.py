@@ -6,8 +6,9 @@ standalone administration).
 Every change is recorded in a :class:`Delta` so the running queue can keep its
 in-memory counters, minima and wake-ups exact without counting rows again.
 
-States of a delivery (:class:`~router.store.records.State`): ``pending`` (waiting for
-``due_at``), ``leased`` (a worker is sending it; ``attempts`` already counts this
+States of a delivery (:class:`~router.store.records.State`): ``held`` (its
+destination's hold group is open: :mod:`router.store.sqlite.holds`), ``pending`` (waiting
+for ``due_at``), ``leased`` (a worker is sending it; ``attempts`` already counts this
 attempt), ``delivered``, ``failed`` (dead letter: the data is kept so it can be
 retried). An instance without destinations is stored with ``unrouted = 1`` and shows as
 state ``unrouted``. When every delivery of an instance is delivered the instance is
@@ -22,13 +23,15 @@ import contextlib
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from router.holds import Hold
 from router.store.records import CommitResult, InstanceRecord, Lease, State
 from router.store.spool import Spool, SpooledSink
+from router.store.sqlite import holds as hold_sql
 
 log = logging.getLogger("router.store.queue")
 
@@ -40,6 +43,7 @@ PENDING = State.PENDING.value
 LEASED = State.LEASED.value
 DELIVERED = State.DELIVERED.value
 FAILED = State.FAILED.value
+HELD = State.HELD.value
 
 SQL_CHUNK = 500  # host parameters per IN (...) list
 
@@ -61,6 +65,9 @@ class Delta:
     touched: set[str] = field(default_factory=set)  # destinations whose minima may grow
     added: dict[str, tuple[float, float]] = field(default_factory=dict)  # new rows' minima
     wake: set[str] = field(default_factory=set)  # destinations with new pending work
+    hold_min: float | None = None  # earliest release time an arrival wrote
+    hold_reset: bool = False  # groups were released or deleted: read the minimum again
+    released: list[hold_sql.Released] = field(default_factory=list)  # to log after commit
 
     def move(self, dest: str, old: str | None, new: str | None, n: int = 1) -> None:
         if old is not None:
@@ -80,6 +87,14 @@ class Delta:
             due_at, created_at = min(old[0], due_at), min(old[1], created_at)
         self.added[dest] = (due_at, created_at)
 
+    def held(self, dest: str) -> None:
+        """A new held row: no worker to wake, no due time."""
+        self.counts[(dest, HELD)] += 1
+
+    def hold_arrived(self, release_at: float) -> None:
+        if self.hold_min is None or release_at < self.hold_min:
+            self.hold_min = release_at
+
     def merge(self, other: Delta) -> None:
         self.counts.update(other.counts)
         self.unrouted += other.unrouted
@@ -93,6 +108,10 @@ class Delta:
                 (due, created) if old is None else (min(old[0], due), min(old[1], created))
             )
         self.wake |= other.wake
+        if other.hold_min is not None:
+            self.hold_arrived(other.hold_min)
+        self.hold_reset |= other.hold_reset
+        self.released.extend(other.released)
 
 
 class Core:
@@ -106,6 +125,8 @@ class Core:
         self.retention = retention
         self.clock = clock
         self._synchronous = "FULL"
+        #: destination -> its hold policy; set by the queue (and on each reload)
+        self.holds: Mapping[str, Hold] = {}
 
     # -- transactions
 
@@ -153,7 +174,7 @@ class Core:
         found: dict[str, str] = {}
         for dest, inst in self.conn.execute(
             "SELECT d.destination, i.id FROM instance i JOIN delivery d ON d.instance_id = i.id"
-            f" WHERE {same} AND d.state IN ('pending', 'leased')",
+            f" WHERE {same} AND d.state IN ('pending', 'leased', 'held')",
             key,
         ):
             if dest in dests:
@@ -183,7 +204,8 @@ class Core:
         self.conn.execute(
             "INSERT INTO instance (id, received_at, sop_class_uid, sop_instance_uid,"
             " transfer_syntax, study_uid, calling_ae, called_ae, size, data_offset, data,"
-            " spooled, unrouted, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " spooled, unrouted, digest, series_uid, series_number, instance_number)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 ident,
                 received,
@@ -199,16 +221,31 @@ class Core:
                 int(spooled),
                 int(not dests),
                 record.digest,
+                record.series_instance_uid,
+                record.series_number,
+                record.instance_number,
             ),
         )
         if dests:
+            holds = self.holds
+            rows: list[tuple[str, str, str, float, float, float, str | None]] = []
+            for dest in dests:
+                hold = holds.get(dest)
+                if hold is None:
+                    rows.append((ident, dest, PENDING, now, received, now, None))
+                    d.insert(dest, now, received)
+                else:
+                    key = hold_sql.group_key(
+                        hold, ident, record.study_instance_uid, record.series_instance_uid
+                    )
+                    hold_sql.arrive(self, dest, hold, key, now, d)
+                    rows.append((ident, dest, HELD, now, received, now, key))
+                    d.held(dest)
             self.conn.executemany(
                 "INSERT INTO delivery (instance_id, destination, state, due_at, created_at,"
-                " updated_at) VALUES (?,?,'pending',?,?,?)",
-                [(ident, dest, now, received, now) for dest in dests],
+                " updated_at, hold_key) VALUES (?,?,?,?,?,?,?)",
+                rows,
             )
-            for dest in dests:
-                d.insert(dest, now, received)
         else:
             d.unrouted += 1
         d.active += 1
@@ -438,10 +475,15 @@ class Core:
                 ident,
                 uid,
             )
-            for (dest,) in self.conn.execute(
+            lost = self.conn.execute(
+                "SELECT id, destination, state FROM delivery WHERE instance_id = ?"
+                " AND state IN ('pending', 'leased', 'held')",
+                (ident,),
+            ).fetchall()
+            self.conn.executemany(
                 "UPDATE delivery SET state = 'failed', last_error = 'spool file missing',"
-                " updated_at = ? WHERE instance_id = ? AND state IN ('pending', 'leased')"
-                " RETURNING destination",
-                (now, ident),
-            ).fetchall():
-                d.move(dest, PENDING, FAILED)
+                " hold_key = NULL, updated_at = ? WHERE id = ?",
+                [(now, r[0]) for r in lost],
+            )
+            for _id, dest, state in lost:
+                d.move(dest, state, FAILED)

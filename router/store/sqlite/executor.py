@@ -24,6 +24,7 @@ import anyio
 
 from router.store.records import CommitResult
 from router.store.spool import SpooledSink, fsync_dir
+from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
 
 log = logging.getLogger("router.store.queue")
@@ -55,6 +56,8 @@ class BatchResult:
     delta: Delta
     minima: dict[str, tuple[float | None, float | None]]  # recomputed after the commit
     committed: bool
+    # the earliest hold release, read after the commit when groups were released
+    next_release: float | None = None
 
 
 def run_batch(core: Core, jobs: Sequence[Job[Any]]) -> BatchResult:
@@ -113,7 +116,8 @@ def run_batch(core: Core, jobs: Sequence[Job[Any]]) -> BatchResult:
             core.spool.remove(j.sink.id)
     core.remove_data(total.remove)
     minima = {dest: core.minima(dest) for dest in total.touched}
-    return BatchResult(total, minima, committed)
+    next_release = hold_sql.next_release(core.conn) if total.hold_reset else None
+    return BatchResult(total, minima, committed, next_release)
 
 
 class DbThread:

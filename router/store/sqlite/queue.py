@@ -8,22 +8,31 @@ What ``commit_instance`` guarantees when it returns: a spilled data set has been
 fsync'd, renamed into ``spool/<xx>/<id>.dcm`` and its directory fsync'd; the instance
 row (with an inline data set as a BLOB) and one delivery row per destination are
 committed with ``synchronous=FULL``. Only then may the ingest answer Success.
+
+Holds (:mod:`router.store.sqlite.holds`): a delivery to a destination with a hold is
+committed ``held`` and its group's release time moved in the same transaction. One timer
+task sleeps until the earliest release time (kept in memory, read from the database at
+start and after every release); when it comes, the due groups are released in one job
+and the destinations' workers woken. A group whose time passed while the router was down
+is released as soon as the queue runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
+from router.holds import Hold
 from router.store.records import (
     CommitResult,
     Entry,
@@ -36,11 +45,14 @@ from router.store.records import (
 )
 from router.store.spool import Spool, SpooledSink, StoreRequestLike
 from router.store.sqlite import commands
+from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
 from router.store.sqlite.executor import BatchResult, CommitJob, DbThread, Job
 from router.store.sqlite.schema import DB_NAME, connect, lock_storage
 
 T = TypeVar("T")
+
+log = logging.getLogger("router.store.queue")
 
 
 class SqliteQueue:
@@ -62,6 +74,7 @@ class SqliteQueue:
         retention: float = 0.0,
         housekeeping_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
+        holds: Mapping[str, Hold] | None = None,
     ) -> None:
         self.storage_dir = Path(storage_dir)
         self.spool = Spool(self.storage_dir, inline_max=inline_max)
@@ -85,6 +98,16 @@ class SqliteQueue:
         self._events: dict[str, anyio.Event] = {}
         self.transactions = 0
         self.commits = 0
+        self._holds: Mapping[str, Hold] = dict(holds or {})
+        self._next_release: float | None = None
+        self._hold_wake = anyio.Event()
+
+    def set_holds(self, holds: Mapping[str, Hold]) -> None:
+        """The hold policy per destination (those not in it are not held). Applies to
+        instances committed from now on; open groups keep their release times."""
+        self._holds = dict(holds)
+        if self._core is not None:
+            self._core.holds = self._holds
 
     # -- lifecycle
 
@@ -109,6 +132,7 @@ class SqliteQueue:
                 async with anyio.create_task_group() as tg:
                     if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                         tg.start_soon(self._housekeeping_loop)
+                    tg.start_soon(self._hold_timer)
                     task_status.started()
                     await anyio.sleep_forever()
             finally:
@@ -124,6 +148,7 @@ class SqliteQueue:
     def _open_and_recover(self) -> Core:
         conn = connect(self.storage_dir / DB_NAME)
         core = Core(conn, self.spool, self.retention, self.clock)
+        core.holds = self._holds
         core.transaction(lambda c, d: c.recover(d))
         if self.retention > 0:
             core.transaction(lambda c, d: c.housekeeping(d, limit=1_000_000))
@@ -133,6 +158,7 @@ class SqliteQueue:
         self._active = counts.instances
         for dest in {k[0] for k in counts.deliveries}:
             self._set_minima(dest, core.minima(dest))
+        self._next_release = hold_sql.next_release(conn)
         return core
 
     def _batch_done(self, jobs: Sequence[Job[Any]], res: BatchResult) -> None:
@@ -172,6 +198,19 @@ class SqliteQueue:
                 self._oldest[dest] = created if old_age is None else min(old_age, created)
         for dest in d.wake:
             self._notify(dest)
+        if d.hold_reset:
+            self._set_next_release(res.next_release)
+        elif d.hold_min is not None and (
+            self._next_release is None or d.hold_min < self._next_release
+        ):
+            self._set_next_release(d.hold_min)
+        hold_sql.log_released(d.released)
+
+    def _set_next_release(self, at: float | None) -> None:
+        earlier = at is not None and (self._next_release is None or at < self._next_release)
+        self._next_release = at
+        if earlier:
+            self._hold_wake.set()
 
     def _set_minima(self, dest: str, mins: tuple[float | None, float | None]) -> None:
         due, oldest = mins
@@ -193,6 +232,26 @@ class SqliteQueue:
         """Wake whoever waits for work of ``destination`` (e.g. after a reload removed
         it, so its idle workers leave at once)."""
         self._notify(destination)
+
+    async def _hold_timer(self) -> None:
+        """The one timer of holds: sleep until the earliest release time (or until an
+        earlier one is set), then release what is due. A stale minimum (its group moved
+        later) costs one empty release job."""
+        while True:
+            at = self._next_release
+            if at is not None and at <= self.clock():
+                try:
+                    await self.release_due_holds()
+                except QueueClosed:
+                    return
+                except Exception:  # a database error: logged, tried again shortly
+                    log.exception("releasing due holds failed")
+                    await anyio.sleep(1.0)
+                continue
+            self._hold_wake = anyio.Event()
+            wait = math.inf if at is None else at - self.clock()
+            with anyio.move_on_after(wait):
+                await self._hold_wake.wait()
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -357,6 +416,19 @@ class SqliteQueue:
         """Delete matching deliveries (and unrouted instances); an instance left with
         none loses its data too. Returns the number of deliveries/instances deleted."""
         return await self._call(lambda c, d: commands.purge(c, f, d))
+
+    def next_release(self) -> float | None:
+        """Clock time of the earliest hold release, or None (no open group)."""
+        return self._next_release
+
+    async def release_due_holds(self) -> int:
+        """Release every hold group whose release time has come (what the timer does)."""
+        return await self._call(lambda c, d: hold_sql.release_due(c, d))
+
+    async def release_holds(self, f: Filter = Filter()) -> int:
+        """Release now the hold groups holding a delivery matching ``f`` (whole)."""
+        commands.check_release_filter(f)
+        return await self._call(lambda c, d: commands.release_holds(c, f, d))
 
     async def counts(self) -> QueueCounts:
         """A fresh count of the stored rows (``queue status``), through the DB thread."""

@@ -20,12 +20,22 @@ Schema (``queue.db``)::
              spooled INTEGER,              -- 1: the bytes are in spool/<xx>/<id>.dcm
              unrouted INTEGER,             -- 1: no rule routed it (kept, counted, listed)
              done_at REAL,                 -- every delivery delivered (retention clock)
-             digest TEXT)                  -- BLAKE2b of the data set (version 2)
+             digest TEXT,                  -- BLAKE2b of the data set (version 2)
+             series_uid TEXT,              -- version 3: the hold group and send order
+             series_number INTEGER, instance_number INTEGER)
     delivery(id INTEGER PRIMARY KEY, instance_id TEXT REFERENCES instance(id),
              destination TEXT, state TEXT,  -- a delivery State
              attempts INTEGER,              -- attempts started (counted at lease time)
              due_at REAL, lease_until REAL, last_status INTEGER, last_error TEXT,
-             created_at REAL, updated_at REAL, UNIQUE(instance_id, destination))
+             created_at REAL, updated_at REAL,
+             hold_key TEXT,                 -- version 3: the hold group of a held delivery
+             UNIQUE(instance_id, destination))
+    hold(destination TEXT, key TEXT,        -- version 3: one row per open hold group
+         until TEXT,                        -- series_complete | study_complete
+         first_at REAL, last_at REAL,       -- its first and latest arrival
+         release_at REAL,                   -- when it goes out (router.holds.arrive)
+         reason TEXT,                       -- quiet | max_wait: the limit release_at is
+         PRIMARY KEY (destination, key))
 """
 
 from __future__ import annotations
@@ -99,8 +109,70 @@ def _v2(conn: sqlite3.Connection) -> None:
     )
 
 
+_DELIVERY_V3 = """
+CREATE TABLE delivery_v3 (
+    id INTEGER PRIMARY KEY,
+    instance_id TEXT NOT NULL REFERENCES instance(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('pending', 'leased', 'delivered', 'failed', 'held')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,
+    lease_until REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    hold_key TEXT,
+    UNIQUE (instance_id, destination)
+)
+"""
+
+_DELIVERY_COLUMNS_V1 = (
+    "id, instance_id, destination, state, attempts, due_at, lease_until, last_status,"
+    " last_error, created_at, updated_at"
+)
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    """Holds: the ``held`` state (SQLite cannot change a CHECK constraint, so the
+    delivery table is rebuilt: rows, ids and indexes kept), a delivery's hold group, the
+    instance's series and numbers for the send order, and the open hold groups."""
+    for column, kind in (
+        ("series_uid", "TEXT"),
+        ("series_number", "INTEGER"),
+        ("instance_number", "INTEGER"),
+    ):
+        conn.execute(f"ALTER TABLE instance ADD COLUMN {column} {kind}")
+    conn.execute(_DELIVERY_V3)
+    conn.execute(
+        f"INSERT INTO delivery_v3 ({_DELIVERY_COLUMNS_V1})"
+        f" SELECT {_DELIVERY_COLUMNS_V1} FROM delivery"
+    )
+    conn.execute("DROP TABLE delivery")  # its indexes go with it
+    conn.execute("ALTER TABLE delivery_v3 RENAME TO delivery")
+    conn.execute("CREATE INDEX delivery_due ON delivery(destination, state, due_at)")
+    conn.execute("CREATE INDEX delivery_age ON delivery(destination, state, created_at)")
+    conn.execute(
+        "CREATE INDEX delivery_hold ON delivery(destination, hold_key) WHERE state = 'held'"
+    )
+    conn.execute(
+        "CREATE TABLE hold ("
+        " destination TEXT NOT NULL,"
+        " key TEXT NOT NULL,"
+        " until TEXT NOT NULL,"
+        " first_at REAL NOT NULL,"
+        " last_at REAL NOT NULL,"
+        " release_at REAL NOT NULL,"
+        " reason TEXT NOT NULL,"
+        " PRIMARY KEY (destination, key))"
+    )
+    conn.execute("CREATE INDEX hold_release ON hold(release_at)")
+    conn.execute("CREATE INDEX instance_series ON instance(series_uid)")
+
+
 #: MIGRATIONS[n - 1] takes a database from version n - 1 to version n.
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2)
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2, _v3)
 #: The schema version this code reads and writes.
 VERSION = len(MIGRATIONS)
 
@@ -158,7 +230,7 @@ def connect(path: Path) -> sqlite3.Connection:
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection that never blocks a running router's writer (WAL) and
     never migrates; refuses a newer schema, reads an older one (the operator's queries
-    use only version 1's columns)."""
+    use version 3's hold columns only when the database has them)."""
     uri = path.resolve().as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=30.0)
