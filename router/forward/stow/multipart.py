@@ -57,17 +57,22 @@ def _os_error(path: Path, e: OSError) -> SourceError:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One instance to send: ``length`` bytes of ``source`` from ``offset`` (a Part-10
-    file: the spool's file or inline bytes, or a converted copy)."""
+    """One instance to send: ``header`` then ``length`` bytes of ``source`` from
+    ``offset`` (together a Part-10 file: the spool's file or inline bytes; or a converted
+    data set behind a new file meta ``header``)."""
 
     sop_instance_uid: str
     source: bytes | Path
     offset: int = 0
     length: int | None = None  # None: to the end of the source
+    header: bytes = b""
 
     def size(self) -> int:
         """The part's byte count; raises :class:`SourceError` when the file is gone or
         too short for ``offset`` + ``length``."""
+        return len(self.header) + self._source_size()
+
+    def _source_size(self) -> int:
         if isinstance(self.source, bytes):
             total = len(self.source)
         else:
@@ -133,6 +138,9 @@ class MultipartBody:
     async def _generate(self) -> AsyncIterator[bytes]:
         for part, size in zip(self.parts, self.sizes, strict=True):
             yield self._head
+            if part.header:
+                yield part.header
+                size -= len(part.header)
             if isinstance(part.source, bytes):
                 for start in range(part.offset, part.offset + size, self.chunk_size):
                     yield part.source[start : min(start + self.chunk_size, part.offset + size)]
