@@ -176,7 +176,12 @@ async def rig(
     """A running Queue on ``tmp_path`` and a Forwarder for ``cfg``; stopped at the end.
     ``rig.leased`` records the size of every batch the forwarder leased."""
     clock = clock or Clock()
-    queue = Queue(tmp_path / "storage", clock=clock)
+    queue = Queue(
+        tmp_path / "storage",
+        inline_max=cfg.storage.inline_max_bytes,
+        max_queue_instances=cfg.storage.max_queue_instances,
+        clock=clock,
+    )
     leased: list[int] = []
     lease = queue.lease
 

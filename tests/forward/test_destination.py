@@ -10,7 +10,7 @@ import pytest
 from router.config import Destination
 from router.forward import destination
 from router.forward.dimse import MAX_CONTEXTS, DimseKind, contexts_for
-from router.rules.model import ConfigError
+from router.problems import ConfigError
 from router.store.queue import Lease
 from tests.forward.peer import CT, EXPLICIT, IMPLICIT, config
 
