@@ -95,9 +95,7 @@ def _answers(url: str, auth: tuple[str, str] | None) -> bool:
         return False
 
 
-def start_orthanc(
-    root: Path, *, users: dict[str, str] | None, port: int | None = None
-) -> Orthanc:
+def start_orthanc(root: Path, *, users: dict[str, str] | None, port: int | None = None) -> Orthanc:
     """``port``: this one (a router configured before Orthanc starts), else a free one."""
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is not installed: run `make test` (Debian package orthanc)")
