@@ -136,6 +136,22 @@ class MultipartBody:
         return self._generate()
 
     async def _generate(self) -> AsyncIterator[bytes]:
+        """The pieces joined up to ``chunk_size``: a small instance goes in one write
+        with its part head and the boundaries, not four."""
+        held: list[bytes] = []
+        n = 0
+        async for piece in self._pieces():
+            if n + len(piece) <= self.chunk_size:
+                held.append(piece)
+                n += len(piece)
+                continue
+            if held:
+                yield b"".join(held)
+            held, n = [piece], len(piece)
+        if held:
+            yield b"".join(held)
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
         for part, size in zip(self.parts, self.sizes, strict=True):
             yield self._head
             if part.header:
