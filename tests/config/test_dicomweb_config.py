@@ -38,7 +38,9 @@ def test_a_dicomweb_destination_with_every_setting(tmp_path: Path) -> None:
         "    retry: {max_attempts: 5}\n"
         "    transcode_to: ExplicitVRLittleEndian\n"
         "  basic:\n"
-        "    dicomweb: {url: 'http://10.0.0.1:8042/dicom-web', auth: {username: u, password_file: pw}}\n"
+        "    dicomweb:\n"
+        "      url: 'http://10.0.0.1:8042/dicom-web'\n"
+        "      auth: {username: u, password_file: pw}\n"
         "  pacs: {ae_title: PACS, host: 10.1.2.3, port: 104}\n",
     )
     cfg = load_config(p)
@@ -86,7 +88,8 @@ def test_a_dicomweb_destination_with_every_setting(tmp_path: Path) -> None:
             "destinations.web.dicomweb.auth.bearer_token_file: file not found: ",
         ),
         (
-            "  web:\n    dicomweb: {url: 'https://x/', auth: {username: u, password_file: empty}}\n",
+            "  web:\n    dicomweb: {url: 'https://x/', auth: {username: u, password_file: empty}}"
+            "\n",
             5,
             "destinations.web.dicomweb.auth.password_file: the secret file ",
         ),
