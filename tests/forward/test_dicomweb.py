@@ -151,6 +151,10 @@ async def test_requests_carry_one_study_each_up_to_the_limit(
         await until(lambda: sum(len(req) for req in stow.requests) == 5)
         for uid, _ in sent:
             await until_done(r.queue, uid)
+        active = r.metrics.registry.get_sample_value(
+            "dicom_router_associations_active", {"direction": "out"}
+        )
+        assert active == 1  # one session (one connection) carried the three requests
     assert [[study_of[g.sop_instance_uid] for g in req] for req in stow.requests] == [
         ["A", "A"],
         ["B", "B"],

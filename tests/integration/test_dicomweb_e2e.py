@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,7 @@ def _peak_rss_kib(pid: int) -> int:
 def test_a_1gb_instance_is_streamed_through_in_bounded_memory(
     orthanc: Orthanc,  # noqa: F811
     tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     size = 1024**3
     free = shutil.disk_usage(tmp_path).free
@@ -299,6 +301,7 @@ def test_a_1gb_instance_is_streamed_through_in_bounded_memory(
         assert res.returncode == 0, res.stderr
         wait_for(lambda: delivered(router) == 1, 1200, "the large instance delivered", step=0.5)
         peak = _peak_rss_kib(router.proc.pid) * 1024
+        record_property("router_peak_rss_mib", round(peak / 1024**2))
         assert router.terminate() == 0
     stored = orthanc.find_instance(uid)
     assert stored is not None
