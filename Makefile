@@ -20,10 +20,11 @@ deps: $(VENV)/.installed
 # (systemd) to check deploy/ files, openssl (an independent TLS client for tests/tls),
 # Orthanc and its DICOMweb plugin (the STOW-RS server of tests/forward/stow; a tool is a
 # command or a file), dciodvfy (dicom3tools: checks de-identified output against the
-# IODs in tests/profiles).
+# IODs in tests/profiles), postgresql (tests/pg start a throwaway server of their own
+# for the cluster queue).
 SYSTEM_TOOLS := storescp:dcmtk promtool:prometheus systemd-analyze:systemd openssl:openssl \
   Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
-  dciodvfy:dicom3tools
+  dciodvfy:dicom3tools pg_ctlcluster:postgresql
 dcmtk:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  tool=$${pair%%:*}; { command -v $$tool || [ -e $$tool ]; } >/dev/null 2>&1 \

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -33,9 +34,9 @@ from benchmarks.common import (
 from benchmarks.procs import (
     BenchError,
     Usage,
-    free_port,
     proc_usage,
     reap,
+    reserve_port,
     running,
     spawn,
     try_reap,
@@ -94,6 +95,14 @@ class _Orthanc:
 _server: _Orthanc | None = None
 
 
+def _unused_port() -> int:
+    """A port nobody listens on now, for Orthanc: it does not share a port held by
+    reserve_port (no SO_REUSEADDR), so it gets one released at once."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
 def _orthanc(settings: Settings) -> _Orthanc:
     """The invocation's Orthanc, started on first use."""
     global _server
@@ -104,7 +113,7 @@ def _orthanc(settings: Settings) -> _Orthanc:
         raise BenchError("Orthanc's DICOMweb plugin is not installed")
     root = settings.workdir / "orthanc"
     root.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = _unused_port(), _unused_port()
     config = {
         "Name": "bench",
         "StorageDirectory": str(root / "storage"),
@@ -184,7 +193,7 @@ def _run(settings: Settings, inputs: InputSet, rnd: int, name: str, stow: bool) 
     server.clear()
     rd = RunDir(settings, name)
     try:
-        port, http_port = free_port(), free_port()
+        port, http_port = reserve_port(), reserve_port()
         template = STOW_DESTINATION if stow else CSTORE_DESTINATION
         destination = template.format(
             host=HOST,

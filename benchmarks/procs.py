@@ -33,10 +33,20 @@ class Usage:
     peak_rss_kib: int  # 0 when unknown
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_reserved: list[socket.socket] = []
+
+
+def reserve_port() -> int:
+    """A loopback port held until this process exits, for a server that must be told
+    its port before it runs (storescp refuses port 0; the router's config names its
+    ports). A bound socket with SO_REUSEADDR that never listens: nobody else can bind
+    the port, while storescp and the router (both set SO_REUSEADDR) bind and listen on
+    it. A bind-and-release "free port" could be taken by another process meanwhile."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    _reserved.append(s)
+    return int(s.getsockname()[1])
 
 
 def spawn(

@@ -35,9 +35,9 @@ from benchmarks.common import (
 from benchmarks.procs import (
     BenchError,
     Usage,
-    free_port,
     proc_usage,
     reap,
+    reserve_port,
     running,
     session_usage,
     spawn,
@@ -235,7 +235,7 @@ def run_router_senders(settings: Settings, inputs: InputSet, rnd: int, senders: 
     try:
         out = rd.out()
         storage = rd.sub("storage")
-        dest_port, port, http_port = free_port(), free_port(), free_port()
+        dest_port, port, http_port = reserve_port(), reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
         cfg.write_text(
             ROUTER_CONFIG.format(
@@ -352,7 +352,7 @@ def run_router_ingest(settings: Settings, inputs: InputSet, rnd: int) -> RunResu
     rd = RunDir(settings, "router-ingest")
     try:
         storage = rd.sub("storage")
-        port, http_port = free_port(), free_port()
+        port, http_port = reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
         cfg.write_text(
             INGEST_CONFIG.format(

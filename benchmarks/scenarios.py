@@ -34,10 +34,10 @@ from benchmarks.common import (
 from benchmarks.procs import (
     BenchError,
     Usage,
-    free_port,
     proc_usage,
     read_line,
     reap,
+    reserve_port,
     running,
     session_usage,
     spawn,
@@ -51,7 +51,7 @@ def run_dcmtk_pair(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     rd = RunDir(settings, "dcmtk-pair")
     try:
         out = rd.out()
-        port = free_port()
+        port = reserve_port()
         deadline = time.monotonic() + settings.timeout
         with running(storescp(settings, rd, out, port)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")
@@ -79,7 +79,7 @@ def run_dcmtk_pair_4senders(settings: Settings, inputs: InputSet, rnd: int) -> R
     rd = RunDir(settings, "dcmtk-pair-4senders")
     try:
         out = rd.out()
-        port = free_port()
+        port = reserve_port()
         deadline = time.monotonic() + settings.timeout
         with running(storescp(settings, rd, out, port, fork=True)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")
@@ -174,7 +174,7 @@ def _run_requestor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: b
     rd = RunDir(settings, name)
     try:
         out = rd.out()
-        port = free_port()
+        port = reserve_port()
         deadline = time.monotonic() + settings.timeout
         with running(storescp(settings, rd, out, port, nodelay=nodelay)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")

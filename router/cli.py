@@ -145,6 +145,12 @@ def _print_explanation(cfg: Config, r: dict[str, Any]) -> None:
         d = cfg.destinations.get(name)
         dests.append(f"{name} ({d.address})" if d else name)
     print(f"  destinations: {', '.join(dests)}")
+    for p in r.get("profiles", []):
+        changes = p["changes"]
+        n = len(changes)
+        print(f"  profile {p['profile']} for {p['destination']}: {n} change{'s' * (n != 1)}")
+        for c in changes:
+            print(f"    {c['attribute']}: {c['action']}")
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

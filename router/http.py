@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server on anyio: GET /metrics, /healthz, /readyz (design.md, "HTTP").
+"""A small HTTP/1.1 server on anyio: GET /metrics, /healthz, /readyz (README, "Metrics").
 
 No framework: the request line and headers are read with a size bound and a timeout,
 one request per connection (``Connection: close``). A route table

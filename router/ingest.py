@@ -5,9 +5,9 @@ The network layer streams each data set into a sink made here (a
 large). When the last fragment is in, :meth:`Ingest.finish_store` reads the header
 without pixel data, routes it with the current rules and hands it to the queue, which
 returns only once the bytes and one row per destination are durable. Only then is
-Success returned, so a Success on the wire always means "stored" (invariant 1). Any
-failure before that removes what was received (invariant 2) and answers a DIMSE
-failure status instead.
+Success returned, so a Success on the wire always means "stored" (docs/architecture.md,
+"Guarantees"). Any failure before that removes what was received (nothing half-received
+is kept) and answers a DIMSE failure status instead.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from router.dicom import (
     StoreHandler,
     StoreRefused,
     StoreRequest,
+    uids,
 )
 from router.metrics import Metrics
 from router.store.backend import QueueBackend
@@ -131,16 +132,6 @@ class GuardedSink:
         self.inner.abort()
 
 
-# (result, source, reason) of A-ASSOCIATE-RJ -> the metric's bounded label
-_REJECT_LABELS = {
-    (1, 1, 3): "calling_ae_not_recognized",
-    (1, 1, 7): "called_ae_not_recognized",
-    (2, 3, 2): "too_many_associations",
-    (1, 2, 2): "protocol_version",
-    (2, 3, 1): "shutting_down",
-}
-
-
 def _discard(
     sink: SpooledSink,
     info: AssociationInfo,
@@ -149,7 +140,7 @@ def _discard(
     reason: str,
     **fields: Any,
 ) -> int:
-    """Drop what was received and answer ``status`` (invariant 2: nothing kept)."""
+    """Drop what was received and answer ``status``: nothing half-received is kept."""
     sink.abort()
     refused = status == Status.OUT_OF_RESOURCES
     logs.event(
@@ -204,54 +195,26 @@ class Ingest(StoreHandler):
         self._metrics = metrics
         self._free_bytes = free_bytes
 
-    # -- association-level hooks: metrics and logs only
+    # -- association-level hooks: metrics only. The acceptor owns the association's
+    # lifecycle and logs each of its events (association_opened, association_rejected,
+    # association_closed, protocol_error, ...) once; this module logs instances.
 
     def association_opened(self, info: AssociationInfo) -> None:
         self._metrics.association_opened("in")
-        logs.event(
-            log,
-            logging.INFO,
-            "association_opened",
-            assoc=info.id,
-            calling_ae=info.calling_ae,
-            called_ae=info.called_ae,
-            peer=f"{info.peer_host}:{info.peer_port}",
-        )
 
     def association_closed(self, info: AssociationInfo, how: str) -> None:
         self._metrics.association_closed("in", how)
-        logs.event(log, logging.INFO, "association_closed", assoc=info.id, how=how)
 
     def association_rejected(self, reason: Rejection) -> None:
-        label = _REJECT_LABELS.get((reason.result, reason.source, reason.reason), "other")
-        self._metrics.association_rejected(label)
-        logs.event(
-            log,
-            logging.WARNING,
-            "association_rejected",
-            reason=label,
-            result=reason.result,
-            source=reason.source,
-            code=reason.reason,
-        )
+        self._metrics.association_rejected(reason.cause)
 
     def protocol_error(self, kind: str) -> None:
         self._metrics.protocol_error(kind)
-        logs.event(log, logging.WARNING, "protocol_error", kind=kind)
 
     def check_association(self, info: AssociationInfo) -> Rejection | None:
         accept = self._config().accept
         if accept.hosts and not accept.host_allowed(info.calling_ae, info.peer_host):
-            logs.event(
-                log,
-                logging.WARNING,
-                "association_refused",
-                assoc=info.id,
-                reason="host_not_allowed",
-                calling_ae=info.calling_ae,
-                peer=info.peer_host,
-            )
-            return Rejection.calling_ae_not_recognized()
+            return Rejection.host_not_allowed()
         return None
 
     # -- C-STORE
@@ -423,10 +386,10 @@ class Ingest(StoreHandler):
 # Transfer syntaxes whose data set pydicom can read straight from the bytes; deflated
 # (and anything unknown) goes through dcmread, which inflates.
 _ENCODINGS = {
-    "1.2.840.10008.1.2": (True, True),  # implicit VR little endian
-    "1.2.840.10008.1.2.2": (False, False),  # explicit VR big endian (retired)
+    uids.IMPLICIT_VR_LE: (True, True),
+    uids.EXPLICIT_VR_BE: (False, False),  # retired
 }
-_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"}
+_DEFLATED = frozenset({uids.DEFLATED_EXPLICIT_VR_LE, uids.JPIP_REFERENCED_DEFLATE})
 
 
 def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the router, defined once (design.md, "Metrics").
+"""Every Prometheus metric of the router, defined once (README, "Metrics").
 
 All names carry the prefix ``dicom_router_``, use base units (seconds, bytes) and
 take labels from bounded sets only: destination and rule names come from the config,
@@ -9,7 +9,7 @@ Each :class:`Metrics` owns its own :class:`prometheus_client.CollectorRegistry`,
 tests and several routers in one process never clash; ``/metrics`` renders exactly that
 registry (see :mod:`router.http`).
 
-Contract metrics (design.md)
+Contract metrics (README, "Metrics")
 
 ===========================================  =================================================
 ``received_instances_total``                 instances received and acknowledged with Success
@@ -49,7 +49,7 @@ Extra operational metrics
 
 ``transcoded_instances_total{destination,result}``
     instances converted to another transfer syntax because the destination did not
-    accept theirs (invariant 4: converted, and said so); ``result`` is ``ok`` or
+    accept theirs (converted, and said so); ``result`` is ``ok`` or
     ``failed`` (a failed one is a dead letter with the reason).
 ``associations_total{direction,how}``
     associations that ended, ``how`` one of :data:`ASSOCIATION_ENDINGS` (released,
@@ -67,7 +67,7 @@ Extra operational metrics
     scrapes at which the queue snapshot callback raised (the queue gauges are then
     missing from that scrape; the rest is still served).
 ``process_*``
-    the standard process collector (resident memory, open fds, start time: invariant 3
+    the standard process collector (resident memory, open fds, start time: bounded memory
     is watched with ``process_resident_memory_bytes``). Not prefixed: these are the
     names every Prometheus user knows. Disabled with ``Metrics(process_metrics=False)``.
 
@@ -119,14 +119,17 @@ DIRECTIONS: tuple[str, ...] = ("in", "out")
 RELOAD_RESULTS: tuple[str, ...] = ("ok", "error")
 #: associations_total{how}
 ASSOCIATION_ENDINGS: tuple[str, ...] = ("released", "aborted", "timeout", "error")
-#: associations_rejected_total{reason}
+#: associations_rejected_total{reason}: router.dicom's Rejection causes
 REJECT_REASONS: tuple[str, ...] = (
-    "calling_ae_not_recognized",
-    "called_ae_not_recognized",
-    "too_many_associations",
-    "no_acceptable_context",
+    "calling_ae_not_recognized",  # not in accept.calling_ae_titles
+    "host_not_allowed",  # the calling AE may not associate from that address (accept.hosts)
+    "called_ae_not_recognized",  # the called AE is not ours
+    "application_context_not_supported",  # not the DICOM application context
     "protocol_version",
-    "shutting_down",
+    "too_many_associations",  # max_associations reached
+    "shutting_down",  # the router is stopping (SIGTERM)
+    "temporary_congestion",
+    "internal_error",  # the router failed to decide (logged with its traceback)
     "other",
 )
 #: protocol_errors_total{kind}

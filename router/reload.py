@@ -115,6 +115,9 @@ def watched_paths(config_path: Path, cfg: Config | None) -> tuple[list[Path], li
                 d = p.absolute().parent
                 if d != own_dir and d not in dirs:
                     dirs.append(d)
+        for profile in cfg.profiles.values():  # a new key applies like a new config
+            if profile.deidentify is not None and profile.deidentify.secret_file not in files:
+                files.append(profile.deidentify.secret_file)
     return files, dirs
 
 

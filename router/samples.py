@@ -9,13 +9,14 @@ import itertools
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    generate_uid,
+from pydicom.uid import UID, generate_uid
+
+from router.dicom.uids import (
+    CT_IMAGE_STORAGE,
+    EXPLICIT_VR_LE,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    IMPLICIT_VR_LE,
 )
 
 _counter = itertools.count(1)
@@ -23,8 +24,8 @@ _counter = itertools.count(1)
 
 def make_dataset(
     size: int = 20_000,
-    sop_class_uid: str = CTImageStorage,
-    transfer_syntax: str = ExplicitVRLittleEndian,
+    sop_class_uid: str = CT_IMAGE_STORAGE,
+    transfer_syntax: str = EXPLICIT_VR_LE,
     **attributes: object,
 ) -> Dataset:
     """A CT-like image whose pixel data makes the encoded file about ``size`` bytes."""
@@ -60,7 +61,8 @@ def make_dataset(
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds.file_meta = meta
     return ds
 
@@ -68,7 +70,7 @@ def make_dataset(
 def write_dataset(path: Path, size: int = 20_000, **kwargs: object) -> Path:
     ds = make_dataset(size, **kwargs)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
-    implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    implicit = ds.file_meta.TransferSyntaxUID == IMPLICIT_VR_LE
     ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
     return path
 

@@ -3,7 +3,7 @@
 Pure policy (no I/O); the codec capabilities are passed in, with defaults taken from the
 pydicom plugins installed (:data:`DECODABLE`, :data:`ENCODABLE`).
 
-Policy (invariant 4: bytes go out as received unless the destination refuses them):
+Policy (bytes go out as received unless the destination refuses them):
 
 1. the instance's own transfer syntax, whenever the destination accepts it;
 2. else a lossless target the destination accepted, in :data:`TARGET_ORDER`: Explicit VR
@@ -21,75 +21,26 @@ from collections.abc import Collection, Iterable, Sequence
 
 from pydicom.uid import UID
 
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+from router.dicom import uids
+from router.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    JPEG_2000_LOSSLESS,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+)
 
 #: pixel data stored as is (no pixel coding): converting between these never decodes pixels
 NATIVE = frozenset({EXPLICIT_VR_LE, IMPLICIT_VR_LE, DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE})
 
 #: syntaxes whose coding may lose information (the pixels are not those that were coded)
-LOSSY = frozenset(
-    {
-        "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-        "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
-        "1.2.840.10008.1.2.4.52",
-        "1.2.840.10008.1.2.4.53",
-        "1.2.840.10008.1.2.4.54",
-        "1.2.840.10008.1.2.4.55",
-        "1.2.840.10008.1.2.4.56",
-        "1.2.840.10008.1.2.4.59",
-        "1.2.840.10008.1.2.4.60",
-        "1.2.840.10008.1.2.4.61",
-        "1.2.840.10008.1.2.4.62",
-        "1.2.840.10008.1.2.4.63",
-        "1.2.840.10008.1.2.4.64",
-        "1.2.840.10008.1.2.4.81",  # JPEG-LS Lossy (Near-Lossless)
-        "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossless or lossy)
-        "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component (lossless or lossy)
-        "1.2.840.10008.1.2.4.203",  # HTJ2K (lossless or lossy)
-        "1.2.840.10008.1.2.4.100",  # MPEG2 and later video syntaxes
-        "1.2.840.10008.1.2.4.100.1",
-        "1.2.840.10008.1.2.4.101",
-        "1.2.840.10008.1.2.4.101.1",
-        "1.2.840.10008.1.2.4.102",
-        "1.2.840.10008.1.2.4.102.1",
-        "1.2.840.10008.1.2.4.103",
-        "1.2.840.10008.1.2.4.103.1",
-        "1.2.840.10008.1.2.4.104",
-        "1.2.840.10008.1.2.4.104.1",
-        "1.2.840.10008.1.2.4.105",
-        "1.2.840.10008.1.2.4.105.1",
-        "1.2.840.10008.1.2.4.106",
-        "1.2.840.10008.1.2.4.106.1",
-        "1.2.840.10008.1.2.4.107",
-        "1.2.840.10008.1.2.4.108",
-    }
-)
+LOSSY = uids.LOSSY_TRANSFER_SYNTAXES
 
 #: the DCT JPEG processes: every image coded with one of them has lost information
 #: (PS3.3 C.7.6.1.1.5: such an image keeps Lossy Image Compression "01" for good)
-ALWAYS_LOSSY = frozenset(
-    {
-        "1.2.840.10008.1.2.4.50",
-        "1.2.840.10008.1.2.4.51",
-        "1.2.840.10008.1.2.4.52",
-        "1.2.840.10008.1.2.4.53",
-        "1.2.840.10008.1.2.4.54",
-        "1.2.840.10008.1.2.4.55",
-        "1.2.840.10008.1.2.4.56",
-        "1.2.840.10008.1.2.4.59",
-        "1.2.840.10008.1.2.4.60",
-        "1.2.840.10008.1.2.4.61",
-        "1.2.840.10008.1.2.4.62",
-        "1.2.840.10008.1.2.4.63",
-        "1.2.840.10008.1.2.4.64",
-    }
-)
+ALWAYS_LOSSY = uids.JPEG_DCT_SYNTAXES
 
 #: what we convert to, best first; every entry is lossless
 TARGET_ORDER: tuple[str, ...] = (
@@ -132,14 +83,7 @@ def _encodable() -> frozenset[str]:
     return frozenset(found)
 
 
-_OTHER_LOSSLESS = frozenset(
-    {
-        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
-        "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-        "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    }
-)
+_OTHER_LOSSLESS = uids.OTHER_LOSSLESS_SYNTAXES
 
 #: source syntaxes the installed plugins can decode (native ones need no decoder)
 DECODABLE: frozenset[str] = _decodable()
@@ -149,8 +93,8 @@ ENCODABLE: frozenset[str] = _encodable()
 
 def name(ts: str) -> str:
     """The standard name of a transfer syntax, else the UID itself."""
-    uid = UID(ts)
-    return uid.name if uid.is_transfer_syntax else ts
+    known = uids.name(ts)
+    return known if known is not None and UID(ts).is_transfer_syntax else ts
 
 
 def is_lossy(ts: str) -> bool:

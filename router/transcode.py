@@ -1,4 +1,4 @@
-"""Convert a stored data set to another transfer syntax for a destination (issue 6).
+"""Convert a stored data set to another transfer syntax for a destination.
 
 The conversion engine only; choosing the syntax is :mod:`router.syntaxes`. Synchronous and
 CPU-heavy (pixel decoding): the forward worker runs it off the event loop, e.g.::
@@ -59,12 +59,8 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from router import syntaxes
-from router.syntaxes import (
-    DEFLATED_EXPLICIT_VR_LE,
-    EXPLICIT_VR_LE,
-    NATIVE,
-    name,
-)
+from router.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_LE
+from router.syntaxes import NATIVE, name
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",

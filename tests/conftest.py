@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.ports import release_reserved_ports
+
 DCMTK_TOOLS = ("storescu", "storescp", "echoscu")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
+@pytest.fixture(autouse=True)
+def _reserved_ports() -> Iterator[None]:
+    """Ports reserved by a test (tests/ports.py) are held until it ends."""
+    yield
+    release_reserved_ports()
 
 
 @pytest.fixture(scope="session")

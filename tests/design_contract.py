@@ -1,4 +1,4 @@
-"""The metric names of design.md's "Metrics" contract, written out here on purpose
+"""The metric names of the README's "Metrics" contract, written out here on purpose
 (not imported from router.metrics), so the tests check the code against the contract."""
 
 DESIGN_METRICS = (

@@ -69,7 +69,7 @@ def _fields_at(path: YPath) -> list[str]:
     for part in path:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(str(part))
+            field = _field(tp, str(part))
             if field is None:
                 return []
             tp = field.annotation
@@ -81,8 +81,16 @@ def _fields_at(path: YPath) -> list[str]:
             return []
     tp = _unwrap(tp)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
+        return [f.alias or name for name, f in tp.model_fields.items()]
     return []
+
+
+def _field(model: type[BaseModel], key: str) -> Any:
+    """The field that ``key`` (as written in YAML: its alias, if it has one) names."""
+    for name, f in model.model_fields.items():
+        if (f.alias or name) == key:
+            return f
+    return None
 
 
 def _dotted(path: YPath) -> str:
@@ -154,7 +162,8 @@ def _problem_from_error(err: Any, loc: Located) -> Problem:
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Config:
     """Load and validate a config file and its rules; raise ConfigError with every problem.
 
-    ``check_files``: also check that TLS files it names exist.
+    ``check_files``: also check that TLS files it names exist and read the profiles'
+    secret files (which must exist and hold a long enough key).
     """
     display = os.fspath(path)
     file = Path(display)
@@ -183,6 +192,8 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Co
     dest_names = list(raw_dests) if isinstance(raw_dests, dict) else None
     if raw_dests is None:
         dest_names = []
+    raw_profiles = data.get("profiles")
+    profile_names = list(raw_profiles) if isinstance(raw_profiles, dict) else []
     ctx = RuleContext(base_dir, os.path.dirname(display), dest_names)
     rules = parse_rules_node(rules_node, display, ctx)
 
@@ -190,7 +201,11 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Co
     try:
         config = Config.model_validate(
             {**data, "rules": RuleEngine(rules)},
-            context={"base_dir": base_dir, "check_files": check_files},
+            context={
+                "base_dir": base_dir,
+                "check_files": check_files,
+                "profile_names": profile_names,
+            },
         )
     except ValidationError as e:
         problems.extend(_problem_from_error(err, located) for err in e.errors(include_url=False))

@@ -32,6 +32,7 @@ from router.config.fields import (
     custom,
     lower,
 )
+from router.config.profiles import DestinationProfile, ProfileName, ProfileRef, unknown_profile
 from router.config.units import GiB, KiB, MiB
 from router.rules.engine import RuleEngine
 
@@ -267,6 +268,7 @@ class Destination(_Model):
     network_timeout: Duration = 60.0
     retry: Retry = Retry()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    profile: ProfileRef | None = None  # an entry of profiles: for the copies sent here
     tls: ClientTLS | None = None
     # Convert to this lossless syntax whenever the destination accepts it (else the
     # original is sent when accepted, else the first lossless syntax it accepts).
@@ -353,6 +355,7 @@ class Config(_Model):
     http: Http = Http()
     accept: Accept = Accept()
     destinations: dict[DestinationName, Destination] = Field(default_factory=dict)
+    profiles: dict[ProfileName, DestinationProfile] = Field(default_factory=dict)
     rules: RuleEngine = Field(default_factory=RuleEngine, exclude=True)
     logging: Logging = Logging()
     transcode: Transcode = Transcode()
@@ -375,6 +378,9 @@ class Config(_Model):
         }
         if fixed:
             object.__setattr__(self, "destinations", {**self.destinations, **fixed})
+        for d in self.destinations.values():
+            if d.profile is not None and d.profile not in self.profiles:
+                raise custom("profile", unknown_profile(d.profile, list(self.profiles)))
         if (
             self.http.enabled
             and self.http.port != 0

@@ -18,7 +18,7 @@ from router.dicom.errors import (
     ProtocolError,
 )
 from router.dicom.handler import FileSink, StoreHandler, StoreRefused
-from router.dicom.requestor import Association, associate
+from router.dicom.requestor import Association, Segment, associate
 
 __all__ = [
     "Acceptor",
@@ -35,6 +35,7 @@ __all__ = [
     "PduTooLarge",
     "ProtocolError",
     "Rejection",
+    "Segment",
     "Sink",
     "Status",
     "StoreHandler",

@@ -1,12 +1,14 @@
-"""Whole-PDU reads and writes over an anyio byte stream (shared by both adapters).
+"""Whole-PDU reads and writes for both adapters.
 
-On a plain TCP stream of anyio's asyncio backend (every association without TLS) the
-stream's transport is read through our own `asyncio.BufferedProtocol`: the socket is
-received straight into large buffers (recv_into), a PDU is handed out as a memoryview
-of that buffer (no copy), the task wakes only once a whole PDU has arrived, a timeout
-is one event-loop timer per wait (not a cancel scope per receive), and reading stays
-registered with the selector instead of being resumed and paused around every receive.
-Any other stream (TLS, other backends) goes through its own receive/send."""
+A plain TCP association is read through our own `asyncio.BufferedProtocol`, given to
+the connection from its start through asyncio's public API
+(``loop.connect_accepted_socket`` for an accepted socket, ``loop.create_connection``
+for one we open): the socket is received straight into large buffers (recv_into), a PDU
+is handed out as a memoryview of that buffer (no copy), the task wakes only once a
+whole PDU has arrived, a timeout is one event-loop timer per wait (not a cancel scope
+per receive), and reading stays registered with the selector instead of being resumed
+and paused around every receive. A TLS association goes through anyio's TLSStream
+(any anyio byte stream works: the generic path, its own receive/send)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ HIGH_WATER = 512 * 1024
 #: without any wait for the peer, a sender still yields to the event loop after this
 #: many bytes (fairness to other associations, cancellation)
 YIELD_BYTES = 1024 * 1024
+#: how long a connect waits for one address before it tries the next as well (RFC 8305)
+HAPPY_EYEBALLS_DELAY = 0.25
 
 
 class PeerClosed(AssociationAborted):
@@ -83,37 +87,25 @@ def _expire(fut: asyncio.Future[None]) -> None:
 
 
 class _Receiver(asyncio.BufferedProtocol):
-    """Takes over an anyio asyncio SocketStream's transport. Bytes [start, end) of
-    `chunk` are received and not yet consumed. Write flow control and connection loss
-    are passed on to anyio's own protocol, so the stream's aclose() keeps working."""
+    """The asyncio protocol of a plain TCP association, made for it from the start by
+    ``loop.connect_accepted_socket`` or ``loop.create_connection``. Bytes [start, end)
+    of `chunk` are received and not yet consumed."""
 
-    def __init__(self, transport: asyncio.Transport, inner: Any, quickack_sock: Any) -> None:
-        self.transport = transport
-        self.inner = inner
+    transport: asyncio.Transport  # set by connection_made, before any other callback
+
+    def __init__(self, quickack: bool) -> None:
         self.chunk = bytearray(FIRST_CHUNK_SIZE)
         self.start = 0
         self.end = 0
         self.need = 0  # bytes from start the waiting reader wants
         self.reader: asyncio.Future[None] | None = None
         self.writer: asyncio.Future[None] | None = None
-        self.write_paused = not inner.write_event.is_set()
+        self.write_paused = False
         self.read_paused = False
-        self.eof = bool(inner.is_at_eof)
-        self.lost = bool(inner.exception is not None or transport.is_closing())
-        self.quickack_sock = quickack_sock
-        for data in inner.read_queue:  # what anyio received before we took over
-            self._append(data)
-        inner.read_queue.clear()
-        transport.set_protocol(self)
-        if not self.lost and not transport.is_reading():
-            transport.resume_reading()
-
-    def _append(self, data: bytes) -> None:
-        n = len(data)
-        if len(self.chunk) - self.end < n:
-            self.relocate(n)
-        self.chunk[self.end : self.end + n] = data
-        self.end += n
+        self.eof = False
+        self.lost = False
+        self.quickack = quickack and _QUICKACK is not None
+        self.quickack_sock: Any = None
 
     def relocate(self, room: int) -> None:
         """Move the unconsumed bytes to a new buffer with at least ``room`` free."""
@@ -125,6 +117,17 @@ class _Receiver(asyncio.BufferedProtocol):
         self.end = pending
 
     # -- asyncio callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # as anyio's streams do: a send returns once the kernel has all of it, so what
+        # waits in user space for a slow peer is bounded by the one send in progress
+        transport.set_write_buffer_limits(0)
+        sock = transport.get_extra_info("socket")
+        set_nodelay(sock)
+        if self.quickack:
+            self.quickack_sock = sock
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self.chunk) - self.end < MIN_ROOM:
@@ -151,7 +154,7 @@ class _Receiver(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake()
-        return True  # keep the transport for writing, as anyio does
+        return True  # keep the transport open for writing (an A-ABORT may still go out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -159,42 +162,20 @@ class _Receiver(asyncio.BufferedProtocol):
         fut = self.writer
         if fut is not None and not fut.done():
             fut.set_result(None)
-        self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         fut = self.writer
         if fut is not None and not fut.done():
             fut.set_result(None)
-        self.inner.resume_writing()
 
     def _wake(self) -> None:
         fut = self.reader
         if fut is not None and not fut.done():
             fut.set_result(None)
-
-
-def _asyncio_transport(stream: ByteStream) -> tuple[asyncio.Transport, Any] | None:
-    """(transport, anyio protocol) of a plain anyio asyncio SocketStream, else None."""
-    transport = getattr(stream, "_transport", None)
-    protocol = getattr(stream, "_protocol", None)
-    if (
-        type(stream).__module__ == "anyio._backends._asyncio"
-        and type(stream).__name__ == "SocketStream"
-        and isinstance(transport, asyncio.Transport)
-        and hasattr(transport, "set_protocol")
-        and hasattr(transport, "is_reading")
-        and all(
-            hasattr(protocol, name)
-            for name in ("read_queue", "write_event", "is_at_eof", "exception")
-        )
-    ):
-        return transport, protocol
-    return None
 
 
 class PduStream:
@@ -224,7 +205,8 @@ class PduStream:
     def __init__(
         self, stream: ByteStream, network_timeout: float | None, quickack: bool = True
     ) -> None:
-        self.stream = stream
+        """The generic path, over any anyio byte stream (a TLSStream)."""
+        self.stream: ByteStream | None = stream
         self.network_timeout = network_timeout
         self._buf = bytearray()
         self._pos = 0
@@ -234,14 +216,46 @@ class PduStream:
         self._quickack_sock = sock if (quickack and _QUICKACK is not None) else None
         self._rx: _Receiver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        found = _asyncio_transport(stream)
-        if found is not None:
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                found = None
-        if found is not None:
-            self._rx = _Receiver(found[0], found[1], self._quickack_sock)
+
+    @classmethod
+    def _over(cls, rx: _Receiver, network_timeout: float | None) -> PduStream:
+        self = cls.__new__(cls)
+        self.stream = None
+        self.network_timeout = network_timeout
+        self._buf = bytearray()
+        self._pos = 0
+        self._unyielded = 0
+        self._quickack_sock = rx.quickack_sock
+        self._rx = rx
+        self._loop = asyncio.get_running_loop()
+        return self
+
+    @classmethod
+    async def accepted(
+        cls, sock: socket.socket, network_timeout: float | None, quickack: bool = True
+    ) -> PduStream:
+        """The buffered-protocol path over an accepted TCP socket. The PduStream owns
+        the socket from here on (it is closed here if no transport can be made)."""
+        rx = _Receiver(quickack)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: rx, sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls._over(rx, network_timeout)
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, network_timeout: float | None, quickack: bool = True
+    ) -> PduStream:
+        """The buffered-protocol path over a new TCP connection, the addresses of
+        ``host`` raced as anyio.connect_tcp does (RFC 8305). Raises OSError when no
+        connection can be made."""
+        rx = _Receiver(quickack)
+        await asyncio.get_running_loop().create_connection(
+            lambda: rx, host, port, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+        )
+        return cls._over(rx, network_timeout)
 
     # -- the buffered protocol path ------------------------------------------------
 
@@ -370,17 +384,19 @@ class PduStream:
             raise PeerClosed()
         return handle
 
-    # -- the generic path (TLS, other backends) -------------------------------------
+    # -- the generic path (TLS) ----------------------------------------------------
 
     async def _receive(self, timeout: float | None, deadline: float | None = None) -> None:
+        stream = self.stream
+        assert stream is not None
         if deadline is not None:
             timeout = max(0.0, deadline - anyio.current_time())
         try:
             if timeout is None:
-                chunk = await self.stream.receive(RECEIVE_SIZE)
+                chunk = await stream.receive(RECEIVE_SIZE)
             else:
                 with anyio.fail_after(timeout):
-                    chunk = await self.stream.receive(RECEIVE_SIZE)
+                    chunk = await stream.receive(RECEIVE_SIZE)
         except TimeoutError:
             if deadline is not None:
                 raise DicomTimeout(self._incomplete()) from None
@@ -458,12 +474,14 @@ class PduStream:
         if rx is not None:
             await self._send_rx(rx, data)
             return
+        stream = self.stream
+        assert stream is not None
         try:
             if self.network_timeout is None:
-                await self.stream.send(data)  # type: ignore[arg-type]  # any buffer works
+                await stream.send(data)  # type: ignore[arg-type]  # any buffer works
             else:
                 with anyio.fail_after(self.network_timeout):
-                    await self.stream.send(data)  # type: ignore[arg-type]
+                    await stream.send(data)  # type: ignore[arg-type]
         except TimeoutError:
             raise DicomTimeout(f"peer did not read for {self.network_timeout} s") from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -472,8 +490,19 @@ class PduStream:
             self._quickack()
 
     async def close(self) -> None:
+        """Close the connection at once (unsent bytes are dropped, as anyio's aclose
+        drops them): the DICOM exchange is over when this is called."""
+        rx = self._rx
+        if rx is not None:
+            if not rx.lost:
+                rx.transport.abort()
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()
+            return
+        stream = self.stream
+        assert stream is not None
         try:
             with anyio.move_on_after(1, shield=True):
-                await self.stream.aclose()
+                await stream.aclose()
         except Exception:
             pass

@@ -3,19 +3,22 @@ association, no threads."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
 import secrets
+import socket
 import ssl
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskStatus
+from anyio.abc import SocketStream, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSStream
 
 from router.dicom import dimse
-from router.dicom._stream import PduStream, PeerClosed, raw_socket, set_nodelay
+from router.dicom._stream import PduStream, PeerClosed, set_nodelay
 from router.dicom._stream import kv as _kv
 from router.dicom.association import (
     Action,
@@ -48,6 +51,13 @@ log = logging.getLogger("router.dicom.acceptor")
 #: connections allowed to be negotiating (TLS handshake, waiting for their
 #: A-ASSOCIATE-RQ, being rejected) beyond max_associations before new ones are shed
 MAX_EXTRA_NEGOTIATING = 64
+#: the listen(2) backlog (the kernel caps it at net.core.somaxconn), as anyio's default
+LISTEN_BACKLOG = 65536
+#: accept(2) errors that concern one connection only (it was reset before we took it)
+_ACCEPT_RETRY = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+#: accept(2) errors for want of file descriptors or memory: wait ACCEPT_BACKOFF, go on
+_ACCEPT_BACKOFF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +77,47 @@ class AcceptorConfig:
     tls_handshake_timeout: float = 10.0
 
 
-def _peer(stream: ByteStream) -> tuple[str, int]:
+def _peer(addr: Any) -> tuple[str, int]:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return str(addr[0]), int(addr[1])
+    return str(addr), 0
+
+
+async def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of ``host`` (as anyio.create_tcp_listener
+    binds them: SO_REUSEADDR, IPv6 sockets IPv6-only, a port chosen by the first when
+    ``port`` is 0), non-blocking, for ``loop.sock_accept``."""
+    infos = await anyio.getaddrinfo(
+        host or None,
+        port,
+        type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
+    )
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, str]] = set()
     try:
-        addr = stream.extra(SocketAttribute.remote_address)
-        if isinstance(addr, tuple):
-            return str(addr[0]), int(addr[1])
-        return str(addr), 0
-    except Exception:
-        return "?", 0
+        for family, _type, proto, _name, sockaddr in infos:
+            key = (int(family), str(sockaddr[0]))
+            if key in seen:
+                continue
+            seen.add(key)
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            if port == 0:
+                port = int(sock.getsockname()[1])
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise OSError(f"no address to listen on for {host!r}")
+    return sockets
 
 
 class Acceptor:
@@ -90,7 +133,14 @@ class Acceptor:
 
     @property
     def active(self) -> int:
+        """Associations established and not yet ended."""
         return len(self._active)
+
+    @property
+    def negotiating(self) -> int:
+        """Connections accepted and not yet associated (TLS handshake, waiting for their
+        A-ASSOCIATE-RQ, being rejected)."""
+        return self._negotiating
 
     def update(self, config: AcceptorConfig) -> None:
         """Hot reload: AE checks, limits and timeouts apply to new associations. The
@@ -120,44 +170,64 @@ class Acceptor:
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        listener = await anyio.create_tcp_listener(
-            local_host=cfg.host, local_port=cfg.port, reuse_port=False
-        )
-        port = int(listener.extra(SocketAttribute.local_port))
+        sockets = await listen_sockets(cfg.host, cfg.port)
+        port = int(sockets[0].getsockname()[1])
         log.info("listening", extra=_kv(host=cfg.host, port=port, ae_title=cfg.ae_title))
-        async with anyio.create_task_group() as tg:
-            with anyio.CancelScope() as self._accept_scope:
-                async with listener:
+        try:
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as self._accept_scope:
                     task_status.started(port)
                     if self._accepting:
-                        await listener.serve(self._connection, task_group=tg)
-            log.info("stopped_accepting", extra=_kv(port=port))
-            await anyio.sleep_forever()
+                        async with anyio.create_task_group() as accepting:
+                            for sock in sockets:
+                                accepting.start_soon(self._accept, sock, tg)
+                for sock in sockets:
+                    sock.close()
+                log.info("stopped_accepting", extra=_kv(port=port))
+                await anyio.sleep_forever()
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    async def _accept(self, listening: socket.socket, tg: TaskGroup) -> None:
+        """Accept connections on one listening socket, each in its own task of ``tg``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(listening)
+            except asyncio.CancelledError:
+                # a cancelled sock_accept can leave its reader registered with the
+                # selector on some Python versions: remove it before the socket closes
+                with contextlib.suppress(ValueError, NotImplementedError):
+                    loop.remove_reader(listening)
+                raise
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:  # the connection went away before accept
+                    continue
+                if exc.errno not in _ACCEPT_BACKOFF:
+                    raise
+                # out of file descriptors or memory: wait for some to come back
+                log.warning("accept_failed", extra=_kv(error=exc))
+                await anyio.sleep(ACCEPT_BACKOFF)
+                continue
+            tg.start_soon(self._connection, sock, addr)
 
     # -- one association ---------------------------------------------------------
 
-    async def _connection(self, stream: ByteStream) -> None:
+    async def _connection(self, sock: socket.socket, addr: Any) -> None:
         aid = secrets.token_hex(4)
-        host, port = _peer(stream)
+        host, port = _peer(addr)
         if self._negotiating >= self.config.max_associations + MAX_EXTRA_NEGOTIATING:
             # a flood of connections that do not (yet) associate: shed them at once
-            log.warning("connection_shed", extra=_kv(id=aid, peer=f"{host}:{port}"))
+            log.warning("connection_shed", extra=_kv(assoc=aid, peer=f"{host}:{port}"))
             self._protocol_error("connection_flood")
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await stream.aclose()
+            sock.close()
             return
         try:
-            await self._association(aid, stream, host, port)
+            await self._association(aid, sock, host, port)
         except Exception as exc:  # a peer must never take the server down
-            log.exception("association_crashed", extra=_kv(id=aid, peer=f"{host}:{port}"))
+            log.exception("association_crashed", extra=_kv(assoc=aid, peer=f"{host}:{port}"))
             self._protocol_error("internal:" + type(exc).__name__)
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.move_on_after(1):
-                        await stream.aclose()
-                except Exception:
-                    pass
 
     def _protocol_error(self, kind: str) -> None:
         try:
@@ -171,7 +241,7 @@ class Acceptor:
         except Exception:
             log.exception("handler_error", extra=_kv(hook=name))
 
-    async def _association(self, aid: str, stream: ByteStream, host: str, port: int) -> None:
+    async def _association(self, aid: str, sock: socket.socket, host: str, port: int) -> None:
         self._negotiating += 1
         negotiating = True
 
@@ -182,36 +252,58 @@ class Acceptor:
                 self._negotiating -= 1
 
         try:
-            await self._negotiate_and_run(aid, stream, host, port, done_negotiating)
+            ps = await self._open(aid, sock, f"{host}:{port}")
+            if ps is None:
+                return
+            try:
+                await self._negotiate_and_run(aid, ps, host, port, done_negotiating)
+            finally:
+                await ps.close()
         finally:
             done_negotiating()
 
+    async def _open(self, aid: str, sock: socket.socket, peer: str) -> PduStream | None:
+        """The connection's PduStream: our buffered protocol on plain TCP, anyio's
+        TLSStream with TLS. None (logged, the socket closed) when the peer went away
+        before the TLS handshake or the handshake failed (then counted too)."""
+        cfg = self.config
+        if cfg.ssl_context is None:
+            return await PduStream.accepted(sock, cfg.network_timeout)  # sets TCP_NODELAY
+        set_nodelay(sock)  # before the handshake, whose flights are small
+        try:
+            tcp = await SocketStream.from_socket(sock)
+        except (OSError, ValueError):  # reset before we got to it (ValueError: "not connected")
+            sock.close()
+            log.info("closed_before_associate", extra=_kv(assoc=aid, peer=peer))
+            return None
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            with anyio.fail_after(cfg.tls_handshake_timeout):
+                stream = await TLSStream.wrap(
+                    tcp, server_side=True, ssl_context=cfg.ssl_context, standard_compatible=False
+                )
+        except TimeoutError:
+            log.warning("tls_handshake_timeout", extra=_kv(assoc=aid, peer=peer))
+            self._protocol_error("tls_timeout")
+        except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            log.warning("tls_handshake_failed", extra=_kv(assoc=aid, peer=peer, error=exc))
+            self._protocol_error("tls_handshake")
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await tcp.aclose()
+            raise
+        else:
+            return PduStream(stream, cfg.network_timeout)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await tcp.aclose()
+        return None
+
     async def _negotiate_and_run(
-        self, aid: str, stream: ByteStream, host: str, port: int, done_negotiating: Any
+        self, aid: str, ps: PduStream, host: str, port: int, done_negotiating: Any
     ) -> None:
         cfg = self.config
-        set_nodelay(raw_socket(stream))
-        if cfg.ssl_context is not None:
-            try:
-                with anyio.fail_after(cfg.tls_handshake_timeout):
-                    stream = await TLSStream.wrap(
-                        stream,
-                        server_side=True,
-                        ssl_context=cfg.ssl_context,
-                        standard_compatible=False,
-                    )
-            except TimeoutError:
-                log.warning("tls_handshake_timeout", extra=_kv(id=aid, peer=f"{host}:{port}"))
-                self._protocol_error("tls_timeout")
-                return
-            except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-                log.warning(
-                    "tls_handshake_failed", extra=_kv(id=aid, peer=f"{host}:{port}", error=exc)
-                )
-                self._protocol_error("tls_handshake")
-                return
-
-        ps = PduStream(stream, cfg.network_timeout)
         machine = Machine(State.AWAIT_RQ)
         peer = f"{host}:{port}"
         # 1. the A-ASSOCIATE-RQ, within the ARTIM time
@@ -219,7 +311,7 @@ class Acceptor:
             pdu_type, pdu = await ps.read_pdu(MAX_ASSOCIATE_PDU, cfg.acse_timeout)
             action = machine.receive(pdu_type)
             if action is Action.ABORTED:
-                log.info("aborted_before_associate", extra=_kv(id=aid, peer=peer))
+                log.info("aborted_before_associate", extra=_kv(assoc=aid, peer=peer))
                 return
             if action is not Action.ASSOCIATE_RQ:
                 raise ProtocolError(
@@ -227,14 +319,14 @@ class Acceptor:
                 )
             rq = decode_associate_rq(bytes(pdu))
         except DicomTimeout:
-            log.info("acse_timeout", extra=_kv(id=aid, peer=peer))
+            log.info("acse_timeout", extra=_kv(assoc=aid, peer=peer))
             self._protocol_error("acse_timeout")
             return
         except PeerClosed:
-            log.info("closed_before_associate", extra=_kv(id=aid, peer=peer))
+            log.info("closed_before_associate", extra=_kv(assoc=aid, peer=peer))
             return
         except ProtocolError as exc:
-            log.warning("protocol_error", extra=_kv(id=aid, peer=peer, kind=exc.kind, error=exc))
+            log.warning("protocol_error", extra=_kv(assoc=aid, peer=peer, kind=exc.kind, error=exc))
             self._protocol_error(exc.kind)
             await self._abort(ps)
             return
@@ -242,25 +334,28 @@ class Acceptor:
         info = AssociationInfo(aid, rq.calling_ae, rq.called_ae, host, port)
         # 2. decide
         rejection = check_ae_titles(rq, cfg.ae_title, cfg.check_called_ae, cfg.calling_ae_titles)
-        if rejection is None and (not self._accepting or len(self._active) >= cfg.max_associations):
+        if rejection is None and not self._accepting:
+            rejection = Rejection.shutting_down()
+        if rejection is None and len(self._active) >= cfg.max_associations:
             rejection = Rejection.too_many_associations()
         if rejection is None:
             try:
                 rejection = self.handler.check_association(info)
             except Exception:
-                log.exception("handler_error", extra=_kv(hook="check_association", id=aid))
-                rejection = Rejection.temporary_congestion()
+                log.exception("handler_error", extra=_kv(hook="check_association", assoc=aid))
+                rejection = Rejection.internal_error()
         if rejection is not None:
-            log.info(
+            log.warning(
                 "association_rejected",
                 extra=_kv(
-                    id=aid,
+                    assoc=aid,
                     calling_ae=rq.calling_ae,
                     called_ae=rq.called_ae,
                     peer=peer,
+                    reason=rejection.cause,
                     result=rejection.result,
                     source=rejection.source,
-                    reason=rejection.reason,
+                    code=rejection.reason,
                 ),
             )
             machine.rejected()
@@ -312,9 +407,9 @@ class Acceptor:
         peer = f"{info.peer_host}:{info.peer_port}"
         await ps.send(encode_associate_ac(rq, results, cfg.max_pdu_length))
         log.info(
-            "association_accepted",
+            "association_opened",
             extra=_kv(
-                id=info.id,
+                assoc=info.id,
                 calling_ae=info.calling_ae,
                 called_ae=info.called_ae,
                 peer=peer,
@@ -353,7 +448,7 @@ class Acceptor:
                                 await ps.send(
                                     pdata_pdus(ctx, dimse.echo_rsp(mid), peer_max, COMMAND, True)
                                 )
-                                log.debug("echo", extra=_kv(id=info.id, message_id=mid))
+                                log.debug("echo", extra=_kv(assoc=info.id, message_id=mid))
                                 continue
                             if field != dimse.C_STORE_RQ or not dimse.has_data_set(command):
                                 raise ProtocolError(
@@ -376,7 +471,7 @@ class Acceptor:
                                     refused = exc
                                 except Exception:
                                     log.exception(
-                                        "handler_error", extra=_kv(hook="open_store", id=info.id)
+                                        "handler_error", extra=_kv(hook="open_store", assoc=info.id)
                                     )
                                     refused = StoreRefused(Status.CANNOT_UNDERSTAND)
                             reader.start_data(ctx, sink)
@@ -409,7 +504,7 @@ class Acceptor:
                                 log.debug(
                                     "c_store",
                                     extra=_kv(
-                                        id=info.id,
+                                        assoc=info.id,
                                         message_id=req.message_id,
                                         sop_instance_uid=req.sop_instance_uid,
                                         status=f"0x{status:04X}",
@@ -425,7 +520,7 @@ class Acceptor:
                     return
                 elif action is Action.ABORTED:
                     source, reason = decode_abort(pdu)
-                    log.info("peer_aborted", extra=_kv(id=info.id, source=source, reason=reason))
+                    log.info("peer_aborted", extra=_kv(assoc=info.id, source=source, reason=reason))
                     how = "aborted"
                     return
                 else:
@@ -434,15 +529,15 @@ class Acceptor:
                     )
         except DicomTimeout as exc:
             how = "timeout"
-            log.warning("association_timeout", extra=_kv(id=info.id, peer=peer, error=exc))
+            log.warning("association_timeout", extra=_kv(assoc=info.id, peer=peer, error=exc))
             await self._abort(ps)
         except PeerClosed:
             how = "aborted"
-            log.info("connection_lost", extra=_kv(id=info.id, peer=peer))
+            log.info("connection_lost", extra=_kv(assoc=info.id, peer=peer))
         except ProtocolError as exc:
             how = "error"
             log.warning(
-                "protocol_error", extra=_kv(id=info.id, peer=peer, kind=exc.kind, error=exc)
+                "protocol_error", extra=_kv(assoc=info.id, peer=peer, kind=exc.kind, error=exc)
             )
             self._protocol_error(exc.kind)
             await self._abort(ps, 2 if exc.kind == "unexpected_pdu" else 0)
@@ -458,8 +553,10 @@ class Acceptor:
                 try:
                     sink.abort()
                 except Exception:
-                    log.exception("handler_error", extra=_kv(hook="sink.abort", id=info.id))
-            log.info("association_closed", extra=_kv(id=info.id, how=how, stored=stored, peer=peer))
+                    log.exception("handler_error", extra=_kv(hook="sink.abort", assoc=info.id))
+            log.info(
+                "association_closed", extra=_kv(assoc=info.id, how=how, stored=stored, peer=peer)
+            )
             self._hook("association_closed", info, how)
 
     async def _finish(
@@ -480,7 +577,7 @@ class Acceptor:
             log.exception(
                 "finish_store_failed",
                 extra=_kv(
-                    id=info.id,
+                    assoc=info.id,
                     sop_instance_uid=req.sop_instance_uid,
                     error=type(exc).__name__,
                 ),

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import pydicom.uid
-from pydicom._uid_dict import UID_dictionary
 from pynetdicom.presentation import (
     PresentationContext,
     negotiate_as_acceptor,
     negotiate_as_requestor,
 )
-from pynetdicom.sop_class import _STORAGE_CLASSES
 
+from router.dicom import uids
 from router.dicom.pdu import (
     A_ABORT_TYPE,
     A_ASSOCIATE_AC_TYPE,
@@ -31,30 +29,11 @@ from router.dicom.pdu import (
     AssociateRequest,
 )
 
-VERIFICATION = "1.2.840.10008.1.1"
-
-#: every transfer syntax pydicom knows, uncompressed first (native formats preferred
-#: only where the requestor leaves the choice to us; we take its first supported one)
-TRANSFER_SYNTAXES: tuple[str, ...] = tuple(str(ts) for ts in pydicom.uid.AllTransferSyntaxes)
-
-#: every storage SOP class in pynetdicom's registry and pydicom's UID dictionary
-STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
-    {str(uid) for uid in _STORAGE_CLASSES.values()}
-    | {
-        uid
-        for uid, entry in UID_dictionary.items()
-        if entry[1] == "SOP Class" and "Storage" in entry[0] and "Commitment" not in entry[0]
-    }
-)
-
-
-def is_known_uid(uid: str) -> bool:
-    return uid in UID_dictionary or uid in STORAGE_SOP_CLASSES
-
-
-def uid_name(uid: str) -> str:
-    entry = UID_dictionary.get(uid)
-    return str(entry[0]) if entry else uid
+#: the transfer syntaxes a Verification context is accepted with
+_VERIFICATION_SYNTAXES = (uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_LE, uids.EXPLICIT_VR_BE)
+#: every transfer syntax pydicom knows: a storage context is accepted with the first
+#: of these the requestor proposes
+_TS_SET = frozenset(uids.ALL_TRANSFER_SYNTAXES)
 
 
 # -- acceptance --------------------------------------------------------------------
@@ -63,11 +42,18 @@ def uid_name(uid: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An A-ASSOCIATE-RJ: result 1 permanent / 2 transient; source 1 service user,
-    2 provider (ACSE), 3 provider (presentation); reason per source (PS3.8 9.3.4)."""
+    2 provider (ACSE), 3 provider (presentation); reason per source (PS3.8 9.3.4).
+
+    ``cause`` says why the router rejected, for logs and the
+    ``associations_rejected_total{reason}`` label: one wire code can have several causes
+    (a shutdown and a failing handler both answer a transient (2,3,1)), so the cause is
+    decided where the rejection is made, not read back from the code. It takes no part
+    in equality: two rejections are equal when the peer sees the same answer."""
 
     result: int
     source: int
     reason: int
+    cause: str = field(default="other", compare=False)
 
     @property
     def transient(self) -> bool:
@@ -79,28 +65,46 @@ class Rejection:
 
     @classmethod
     def application_context_not_supported(cls) -> Rejection:
-        return cls(1, 1, 2)
+        return cls(1, 1, 2, "application_context_not_supported")
 
     @classmethod
     def calling_ae_not_recognized(cls) -> Rejection:
-        return cls(1, 1, 3)
+        return cls(1, 1, 3, "calling_ae_not_recognized")
+
+    @classmethod
+    def host_not_allowed(cls) -> Rejection:
+        """The calling AE title may not associate from this peer's address. On the wire
+        a (1,1,3) like an unknown calling AE: PS3.8 has no reason for addresses."""
+        return cls(1, 1, 3, "host_not_allowed")
 
     @classmethod
     def called_ae_not_recognized(cls) -> Rejection:
-        return cls(1, 1, 7)
+        return cls(1, 1, 7, "called_ae_not_recognized")
 
     @classmethod
     def protocol_version_not_supported(cls) -> Rejection:
-        return cls(1, 2, 2)
+        return cls(1, 2, 2, "protocol_version")
 
     @classmethod
     def temporary_congestion(cls) -> Rejection:
-        return cls(2, 3, 1)
+        return cls(2, 3, 1, "temporary_congestion")
+
+    @classmethod
+    def shutting_down(cls) -> Rejection:
+        """The router is stopping: transient, so the sender retries (another node, or
+        this one after its restart)."""
+        return cls(2, 3, 1, "shutting_down")
+
+    @classmethod
+    def internal_error(cls) -> Rejection:
+        """The router could not decide (its handler failed): transient, the sender
+        retries, and the failure is logged with its traceback."""
+        return cls(2, 3, 1, "internal_error")
 
     @classmethod
     def too_many_associations(cls) -> Rejection:
         """Transient, presentation provider: local limit exceeded."""
-        return cls(2, 3, 2)
+        return cls(2, 3, 2, "too_many_associations")
 
     def __str__(self) -> str:
         return f"result={self.result} source={self.source} reason={self.reason}"
@@ -121,7 +125,7 @@ def check_ae_titles(
     check_called_ae: bool,
     calling_ae_titles: frozenset[str] | None,
 ) -> Rejection | None:
-    if rq.application_context != "1.2.840.10008.3.1.1.1":
+    if rq.application_context != uids.APPLICATION_CONTEXT:
         return Rejection.application_context_not_supported()
     if check_called_ae and rq.called_ae != ae_title.strip():
         return Rejection.called_ae_not_recognized()
@@ -148,33 +152,26 @@ def negotiate(
             continue
         ours = PresentationContext()
         ours.abstract_syntax = abstract
-        if abstract == VERIFICATION:
-            ours.transfer_syntax = [
-                "1.2.840.10008.1.2",
-                "1.2.840.10008.1.2.1",
-                "1.2.840.10008.1.2.2",
-            ]
+        if abstract == uids.VERIFICATION:
+            ours.transfer_syntax = list(_VERIFICATION_SYNTAXES)
             supported = True
         else:
-            supported = abstract in STORAGE_SOP_CLASSES or (
-                accept_unknown_sop_classes and not is_known_uid(abstract)
+            supported = abstract in uids.STORAGE_SOP_CLASSES or (
+                accept_unknown_sop_classes and not uids.is_known(abstract)
             )
             ours.transfer_syntax = [str(ts) for ts in rq.transfer_syntax if str(ts) in _TS_SET] or [
-                "1.2.840.10008.1.2"
+                uids.IMPLICIT_VR_LE
             ]
         accepted, _roles = negotiate_as_acceptor([rq], [ours] if supported else [])
         results.extend(accepted)
     return sorted(results, key=lambda cx: int(cx.context_id or 0))
 
 
-_TS_SET = frozenset(TRANSFER_SYNTAXES)
-
-
 def _rejected(rq: PresentationContext, result: int) -> PresentationContext:
     cx = PresentationContext()
     cx.context_id = rq.context_id
     cx.abstract_syntax = rq.abstract_syntax
-    cx.transfer_syntax = ["1.2.840.10008.1.2"]
+    cx.transfer_syntax = [uids.IMPLICIT_VR_LE]
     cx.result = result
     return cx
 

@@ -19,6 +19,7 @@ from pynetdicom.dsutils import encode as _ds_encode
 
 from router.dicom.errors import ProtocolError
 from router.dicom.pdu import COMMAND, LAST, unpack_pdv_header
+from router.dicom.uids import VERIFICATION
 
 
 class Status(enum.IntEnum):
@@ -214,7 +215,7 @@ def decode_command_pydicom(data: bytes | bytearray) -> Dataset:
 
 def echo_rq(message_id: int) -> bytes:
     return encode_command(
-        AffectedSOPClassUID="1.2.840.10008.1.1",
+        AffectedSOPClassUID=VERIFICATION,
         CommandField=C_ECHO_RQ,
         MessageID=message_id,
         CommandDataSetType=NO_DATA_SET,
@@ -223,7 +224,7 @@ def echo_rq(message_id: int) -> bytes:
 
 def echo_rsp(message_id: int, status: int = Status.SUCCESS) -> bytes:
     return encode_command(
-        AffectedSOPClassUID="1.2.840.10008.1.1",
+        AffectedSOPClassUID=VERIFICATION,
         CommandField=C_ECHO_RSP,
         MessageIDBeingRespondedTo=message_id,
         CommandDataSetType=NO_DATA_SET,

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.uid import PYDICOM_ROOT_UID
 from pynetdicom.pdu import (
     A_ABORT_RQ,
     A_ASSOCIATE_AC,
@@ -30,6 +29,11 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from router.dicom.errors import PduTooLarge, ProtocolError
+from router.dicom.uids import (
+    APPLICATION_CONTEXT,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+)
 
 A_ASSOCIATE_RQ_TYPE = 0x01
 A_ASSOCIATE_AC_TYPE = 0x02
@@ -41,9 +45,6 @@ A_ABORT_TYPE = 0x07
 KNOWN_TYPES = frozenset(range(1, 8))
 
 HEADER_LENGTH = 6
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-IMPLEMENTATION_CLASS_UID = f"{PYDICOM_ROOT_UID}7731.1"
-IMPLEMENTATION_VERSION = "DICOM_ROUTER_01"
 # Association-control PDUs are small; anything bigger than this before the
 # association is established is hostile (the A-ASSOCIATE-RQ of 128 contexts with a
 # dozen transfer syntaxes each stays well below it).
@@ -80,7 +81,7 @@ def _user_information(max_pdu_length: int) -> list[Any]:
     ic = ImplementationClassUIDNotification()
     ic.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     iv = ImplementationVersionNameNotification()
-    iv.implementation_version_name = IMPLEMENTATION_VERSION
+    iv.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     return [ml, ic, iv]
 
 

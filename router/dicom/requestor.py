@@ -56,8 +56,12 @@ from router.dicom.pdu import (
     encode_associate_rq,
     pdata_pdus,
 )
+from router.dicom.uids import VERIFICATION
 
 log = logging.getLogger("router.dicom.requestor")
+
+#: a piece of a data set sent by :meth:`Association.c_store`: bytes, or a file range
+Segment = bytes | bytearray | memoryview | tuple[Path, int, int]
 
 READ_CHUNK = 256 * 1024  # measured: 1 MiB buffers fall out of cache and send slower
 
@@ -220,7 +224,7 @@ class Association:
         return int(await self._operation(self._c_echo()))
 
     async def _c_echo(self) -> int:
-        cid = self._context("1.2.840.10008.1.1", None)
+        cid = self._context(VERIFICATION, None)
         mid = self._next_id()
         await self._send(pdata_pdus(cid, dimse.echo_rq(mid), self._peer_max, COMMAND, True))
         rsp = await self._response()
@@ -231,19 +235,89 @@ class Association:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax: str,
-        source: bytes | bytearray | memoryview | Path,
+        source: bytes | bytearray | memoryview | Path | Sequence[Segment],
         offset: int = 0,
         length: int | None = None,
         priority: int = 2,
     ) -> StoreResponse:
         """Send one data set, streamed without decoding: the bytes of ``source`` from
-        ``offset`` for ``length`` bytes (to the end when None)."""
-        result: StoreResponse = await self._operation(
-            self._c_store(
+        ``offset`` for ``length`` bytes (to the end when None).
+
+        ``source`` may also be a list or tuple of segments sent one after the other as one
+        data set: bytes, or ``(path, offset, length)`` ranges of files (a rewritten header
+        around pixel data read from the spool); ``offset`` and ``length`` are then unused."""
+        if not isinstance(source, bytes | bytearray | memoryview | Path):
+            if offset or length is not None:
+                raise ValueError("offset and length do not apply to a list of segments")
+            op = self._c_store_segments(
+                sop_class_uid, sop_instance_uid, transfer_syntax, source, priority
+            )
+        else:
+            op = self._c_store(
                 sop_class_uid, sop_instance_uid, transfer_syntax, source, offset, length, priority
             )
-        )
+        result: StoreResponse = await self._operation(op)
         return result
+
+    async def _c_store_segments(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        segments: Sequence[Segment],
+        priority: int,
+    ) -> StoreResponse:
+        cid = self._context(sop_class_uid, transfer_syntax)
+        mid = self._next_id()
+        peer_max = self._peer_max
+        command = dimse.store_rq(mid, sop_class_uid, sop_instance_uid, priority)
+        frag = peer_max - 6
+        chunk_size = max(frag, (READ_CHUNK // frag) * frag)
+        total = sum(s[2] if isinstance(s, tuple) else len(memoryview(s)) for s in segments)
+        buf = bytearray(min(chunk_size, max(total, 1)))
+        view = memoryview(buf)
+        filled = sent = 0
+        head: bytearray | None = pdata_pdus(cid, command, peer_max, COMMAND, True)
+
+        async def flush() -> None:
+            nonlocal filled, sent, head
+            sent += filled
+            out = pdata_pdus(cid, view[:filled], peer_max, 0, sent == total)
+            if head is not None:
+                out, head = head + out, None
+            filled = 0
+            await self._send(out)
+
+        for seg in segments:
+            if isinstance(seg, tuple):
+                path, start, n = seg
+                with open(path, "rb", buffering=0) as f:
+                    if start < 0 or n < 0 or start + n > os.fstat(f.fileno()).st_size:
+                        raise ValueError(f"{path}: range {start}+{n} outside the file")
+                    f.seek(start)
+                    while n:
+                        want = min(len(buf) - filled, n)
+                        got = f.readinto(view[filled : filled + want])
+                        if got != want:
+                            raise ValueError(f"{path}: file shrank while sending")
+                        filled += want
+                        n -= want
+                        if filled == len(buf):
+                            await flush()
+            else:
+                data = memoryview(seg)
+                while data:
+                    want = min(len(buf) - filled, len(data))
+                    view[filled : filled + want] = data[:want]
+                    data = data[want:]
+                    filled += want
+                    if filled == len(buf):
+                        await flush()
+        if filled or head is not None:
+            await flush()
+        rsp = await self._response()
+        comment = rsp.get("ErrorComment")
+        return StoreResponse(int(rsp.get("Status", 0xC000)), str(comment) if comment else None)
 
     async def _c_store(
         self,
@@ -369,11 +443,12 @@ async def _associate(
     phase = "connect to"
     try:
         with anyio.fail_after(connect_timeout):
-            stream: Any = await anyio.connect_tcp(host, port)
-            if ssl_context is not None:
+            if ssl_context is None:
+                ps = await PduStream.connect(host, port, network_timeout)
+            else:
+                tcp = await anyio.connect_tcp(host, port)
                 # the handshake apart from the connect, so a failure names TLS
                 phase = "TLS handshake with"
-                tcp = stream
                 try:
                     stream = await TLSStream.wrap(
                         tcp, hostname=host, ssl_context=ssl_context, standard_compatible=False
@@ -382,6 +457,7 @@ async def _associate(
                     with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                         await tcp.aclose()
                     raise
+                ps = PduStream(stream, network_timeout)
     except TimeoutError:
         raise ConnectTimeout(f"{phase} {label} timed out") from None
     except (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
@@ -390,7 +466,6 @@ async def _associate(
         raise ConnectError(
             f"TLS handshake with {label} failed: {exc or type(exc).__name__}"
         ) from exc
-    ps = PduStream(stream, network_timeout)
     machine = Machine(State.AWAIT_AC)
     try:
         await ps.send(encode_associate_rq(calling_ae, called_ae, proposed, max_pdu_length))

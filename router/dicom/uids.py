@@ -29,6 +29,7 @@ IMPLEMENTATION_VERSION_NAME: Final = "DICOM_ROUTER_01"
 
 APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"  # DICOM Application Context Name
 VERIFICATION: Final = "1.2.840.10008.1.1"  # Verification SOP Class (C-ECHO)
+CT_IMAGE_STORAGE: Final = str(pydicom.uid.CTImageStorage)
 
 # -- transfer syntaxes -----------------------------------------------------------------------
 
@@ -40,6 +41,66 @@ RLE_LOSSLESS: Final = str(pydicom.uid.RLELossless)
 JPEG_LS_LOSSLESS: Final = str(pydicom.uid.JPEGLSLossless)
 JPEG_2000_LOSSLESS: Final = str(pydicom.uid.JPEG2000Lossless)
 DEFLATED_IMAGE_FRAME: Final = "1.2.840.10008.1.2.8.1"  # Deflated Image Frame Compression
+JPIP_REFERENCED_DEFLATE: Final = "1.2.840.10008.1.2.4.95"  # JPIP Referenced Deflate
+
+#: the DCT JPEG processes (PS3.5 A.4.1; all but .50 and .51 retired): an image coded
+#: with one of them has lost information for good
+JPEG_DCT_SYNTAXES: Final = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
+        "1.2.840.10008.1.2.4.52",  # JPEG Extended (Process 3 and 5)
+        "1.2.840.10008.1.2.4.53",  # JPEG Spectral Selection, Non-Hierarchical (6 and 8)
+        "1.2.840.10008.1.2.4.54",  # JPEG Spectral Selection, Non-Hierarchical (7 and 9)
+        "1.2.840.10008.1.2.4.55",  # JPEG Full Progression, Non-Hierarchical (10 and 12)
+        "1.2.840.10008.1.2.4.56",  # JPEG Full Progression, Non-Hierarchical (11 and 13)
+        "1.2.840.10008.1.2.4.59",  # JPEG Extended, Hierarchical (16 and 18)
+        "1.2.840.10008.1.2.4.60",  # JPEG Extended, Hierarchical (17 and 19)
+        "1.2.840.10008.1.2.4.61",  # JPEG Spectral Selection, Hierarchical (20 and 22)
+        "1.2.840.10008.1.2.4.62",  # JPEG Spectral Selection, Hierarchical (21 and 23)
+        "1.2.840.10008.1.2.4.63",  # JPEG Full Progression, Hierarchical (24 and 26)
+        "1.2.840.10008.1.2.4.64",  # JPEG Full Progression, Hierarchical (25 and 27)
+    }
+)
+
+#: syntaxes whose coding may lose information: the DCT JPEG processes, the near-lossless
+#: and lossy-or-lossless JPEG-LS, JPEG 2000 and HTJ2K ones, and the video syntaxes
+LOSSY_TRANSFER_SYNTAXES: Final = JPEG_DCT_SYNTAXES | frozenset(
+    str(ts)
+    for ts in (
+        pydicom.uid.JPEGLSNearLossless,
+        pydicom.uid.JPEG2000,
+        pydicom.uid.JPEG2000MC,
+        pydicom.uid.HTJ2K,
+        pydicom.uid.MPEG2MPML,
+        pydicom.uid.MPEG2MPMLF,
+        pydicom.uid.MPEG2MPHL,
+        pydicom.uid.MPEG2MPHLF,
+        pydicom.uid.MPEG4HP41,
+        pydicom.uid.MPEG4HP41F,
+        pydicom.uid.MPEG4HP41BD,
+        pydicom.uid.MPEG4HP41BDF,
+        pydicom.uid.MPEG4HP422D,
+        pydicom.uid.MPEG4HP422DF,
+        pydicom.uid.MPEG4HP423D,
+        pydicom.uid.MPEG4HP423DF,
+        pydicom.uid.MPEG4HP42STEREO,
+        pydicom.uid.MPEG4HP42STEREOF,
+        pydicom.uid.HEVCMP51,
+        pydicom.uid.HEVCM10P51,
+    )
+)
+
+#: lossless compressed syntaxes the router decodes but never encodes
+OTHER_LOSSLESS_SYNTAXES: Final = frozenset(
+    str(ts)
+    for ts in (
+        pydicom.uid.JPEGLossless,  # Non-Hierarchical (Process 14)
+        pydicom.uid.JPEGLosslessSV1,  # First-Order Prediction (Process 14 SV1)
+        pydicom.uid.HTJ2KLossless,
+        pydicom.uid.HTJ2KLosslessRPCL,
+    )
+)
 
 #: every transfer syntax pydicom knows, in pydicom's order
 ALL_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = tuple(

@@ -17,6 +17,7 @@ from router.forward.backoff import CircuitBreaker, RetryPolicy
 from router.forward.dicomweb import DicomWebKind
 from router.forward.dimse import Connection, DimseKind, Transcoder
 from router.forward.kind import Echo, Kind
+from router.forward.profiled import SendProfile, send_profile
 from router.tls import client_context
 
 __all__ = [
@@ -88,15 +89,22 @@ def kind_for(
     transcoder: Transcoder | None = None,
 ) -> Kind:
     """The destination's kind: DICOMweb STOW-RS when it has ``dicomweb`` (its TLS is
-    in that section: ``ssl_context`` is for DIMSE), else DIMSE C-STORE."""
+    in that section: ``ssl_context`` is for DIMSE), else DIMSE C-STORE.
+
+    Every kind is given the destination's profile and sends what it makes of each
+    instance (:func:`router.forward.profiled.rewrite_lease`), never the stored bytes."""
     if dest.dicomweb is not None:
         return DicomWebKind.from_config(
-            dest.dicomweb, transcode_to=dest.transcode_to, transcoder=transcoder
+            dest.dicomweb,
+            transcode_to=dest.transcode_to,
+            transcoder=transcoder,
+            profile=send_profile(cfg, dest),
         )
     return DimseKind(
         connection(cfg, dest, ssl_context),
         transcode_to=dest.transcode_to,
         transcoder=transcoder,
+        profile=send_profile(cfg, dest),
     )
 
 
@@ -113,6 +121,9 @@ class Plan:
     lease_seconds: float
     idle_release: float
     kind: Kind
+    #: what the kind rewrites the copies it sends with; a reload that changes it (the
+    #: profile or its key) ends open sessions, so later sends use the new one
+    profile: SendProfile | None = None
 
 
 def plan(
@@ -132,6 +143,7 @@ def plan(
         lease_seconds=lease_seconds(dest),
         idle_release=dest.idle_release,
         kind=kind_for(cfg, dest, ssl_context, transcoder),
+        profile=send_profile(cfg, dest),
     )
 
 

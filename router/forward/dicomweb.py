@@ -10,6 +10,10 @@ forwarder then retries the whole batch with backoff as it does for an associatio
 cannot be opened. Each request's per-instance results are remembered and answer the
 :meth:`DicomWebSession.send` calls of the instances it carried.
 
+With a profile, each part is the profile's copy (:mod:`router.forward.profiled`: a
+rewritten file meta and header around the stored pixel data, converted first when a
+conversion is needed) under its new SOP Instance UID, which is what the response names.
+
 What each outcome becomes (the README's "DICOMweb destinations" says it for operators):
 
 - referenced: 0x0000; with a WarningReason: that warning status;
@@ -28,7 +32,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
 
 from router import syntaxes
 from router.config import ClientTLS, DicomWeb
@@ -37,12 +44,21 @@ from router.forward.kind import (
     Answered,
     Conversion,
     Echo,
+    ProfileApplied,
     SendResult,
     Session,
     TransportError,
     Unsendable,
 )
 from router.forward.outcome import Outcome, TransportFailure
+from router.forward.profiled import (
+    Profiled,
+    Refused,
+    SendProfile,
+    as_part10,
+    rewrite_lease,
+    rewrite_source,
+)
 from router.forward.stow import (
     BasicAuth,
     BearerAuth,
@@ -53,11 +69,12 @@ from router.forward.stow import (
     StowConfigError,
     StowOutcome,
     part_of,
+    part_of_segments,
 )
 from router.store.queue import Lease
 from router.store.spool import part10_header
 from router.tls import client_context
-from router.transcode import Transcoded, TranscodeError
+from router.transcode import TranscodeError
 
 __all__ = ["DicomWebKind", "DicomWebSession", "stow_config"]
 
@@ -110,13 +127,19 @@ def _status(result: InstanceResult) -> int:
     return RETRY_STATUS
 
 
-@dataclass(frozen=True, slots=True)
-class _Converted:
-    """A converted copy being sent: its part and what was done."""
+@dataclass
+class _Copy:
+    """What goes in the request for one lease: its part, how it was made, and the
+    temporary files to remove once the request is done."""
 
     part: Part
-    conversion: Conversion
-    file: Transcoded
+    conversion: Conversion | None = None
+    profile: ProfileApplied | None = None
+    temporary: list[Path] = field(default_factory=list)
+
+    def discard(self) -> None:
+        for path in self.temporary:
+            path.unlink(missing_ok=True)
 
 
 class DicomWebSession:
@@ -128,13 +151,15 @@ class DicomWebSession:
         max_per_request: int,
         transcode_to: str | None,
         transcoder: Transcoder | None,
+        profile: SendProfile | None = None,
     ) -> None:
         self._client = client
         self._max = max_per_request
         self._transcode_to = transcode_to
         self._transcoder = transcoder
-        # delivery id -> its result from a request already made, and the conversion sent
-        self._answers: dict[int, tuple[InstanceResult, Conversion | None]] = {}
+        self._profile = profile
+        # delivery id -> its result from a request already made, and what was sent
+        self._answers: dict[int, tuple[InstanceResult, _Copy]] = {}
         self._unsendable: dict[int, Unsendable] = {}
         self.requests = 0
 
@@ -144,20 +169,15 @@ class DicomWebSession:
         return True
 
     async def send(self, lease: Lease, ahead: Sequence[Lease]) -> SendResult:
+        if lease.delivery_id not in self._answers and lease.delivery_id not in self._unsendable:
+            await self.request(lease, ahead)
         unsendable = self._unsendable.pop(lease.delivery_id, None)
         if unsendable is not None:
             return unsendable
-        answer = self._answers.pop(lease.delivery_id, None)
-        if answer is None:
-            await self.request(lease, ahead)
-            unsendable = self._unsendable.pop(lease.delivery_id, None)
-            if unsendable is not None:
-                return unsendable
-            answer = self._answers.pop(lease.delivery_id)
-        result, conversion = answer
-        if result.syntax_refused and conversion is None:
+        result, copy = self._answers.pop(lease.delivery_id)
+        if result.syntax_refused and copy.conversion is None:
             return await self._send_converted(lease, result)
-        return Answered(_status(result), result.reason, conversion)
+        return Answered(_status(result), result.reason, copy.conversion, copy.profile)
 
     def _pending(self, lease: Lease) -> bool:
         return lease.delivery_id not in self._answers and lease.delivery_id not in self._unsendable
@@ -177,34 +197,24 @@ class DicomWebSession:
 
     async def request(self, lease: Lease, ahead: Sequence[Lease]) -> None:
         """POST ``lease`` with the leases ahead that go with it and remember each one's
-        result (or why it could not be converted for ``transcode_to``). Raises
-        TransportError when the request failed as a whole."""
-        parts: list[Part] = []
-        sent: list[Lease] = []
-        converted: dict[int, _Converted] = {}
+        result (or why its copy could not be made). Raises TransportError when the
+        request failed as a whole."""
+        copies: list[tuple[Lease, _Copy]] = []
         try:
             for item in self.together(lease, ahead):
-                target = self._preferred(item)
-                if target is None:
-                    parts.append(part_of(item))
-                    sent.append(item)
-                    continue
-                done = await self._convert(item, target)
-                if isinstance(done, Unsendable):
-                    self._unsendable[item.delivery_id] = done
-                    continue
-                converted[item.delivery_id] = done
-                parts.append(done.part)
-                sent.append(item)
-            if not parts:
+                copy = await self._copy(item, self._preferred(item))
+                if isinstance(copy, Unsendable):
+                    self._unsendable[item.delivery_id] = copy
+                else:
+                    copies.append((item, copy))
+            if not copies:
                 return
-            out = await self._store(parts)
+            out = await self._store([c.part for _, c in copies])
         finally:
-            for c in converted.values():
-                c.file.discard()
-        for item, result in zip(sent, out.results, strict=True):
-            copy = converted.get(item.delivery_id)
-            self._answers[item.delivery_id] = (result, copy.conversion if copy else None)
+            for _, c in copies:
+                c.discard()
+        for (item, copy), result in zip(copies, out.results, strict=True):
+            self._answers[item.delivery_id] = (result, copy)
 
     async def _store(self, parts: Sequence[Part]) -> StowOutcome:
         out = await self._client.store(parts)
@@ -222,7 +232,17 @@ class DicomWebSession:
         target = syntaxes.plan(lease.transfer_syntax, {to, lease.transfer_syntax}, transcode_to=to)
         return target if target != lease.transfer_syntax else None
 
-    async def _convert(self, lease: Lease, target: str) -> _Converted | Unsendable:
+    async def _copy(self, lease: Lease, target: str | None) -> _Copy | Unsendable:
+        """The part to send for ``lease``: as received, converted to ``target``, and/or
+        rewritten by the destination's profile (convert first, then rewrite)."""
+        if target is None:
+            if self._profile is None:
+                return _Copy(part_of(lease))
+            try:
+                rewritten = await rewrite_lease(self._profile, lease)
+            except Refused as e:
+                return Unsendable(str(e))
+            return self._profiled(rewritten, None)
         if self._transcoder is None:
             return Unsendable("no converter available", conversion_failed=True)
         try:
@@ -233,10 +253,33 @@ class DicomWebSession:
                 f"{syntaxes.name(target)}: {e.reason}",
                 conversion_failed=True,
             )
-        header = part10_header(lease.sop_class_uid, lease.sop_instance_uid, out.transfer_syntax)
-        part = Part(lease.sop_instance_uid, out.path, 0, out.length, header=header)
         conversion = Conversion(lease.transfer_syntax, out.transfer_syntax, out.changes)
-        return _Converted(part, conversion, out)
+        if self._profile is None:
+            header = part10_header(lease.sop_class_uid, lease.sop_instance_uid, target)
+            part = Part(lease.sop_instance_uid, out.path, 0, out.length, header=header)
+            return _Copy(part, conversion, temporary=[out.path])
+        try:
+            part10 = await anyio.to_thread.run_sync(
+                as_part10, out.path, lease.sop_class_uid, lease.sop_instance_uid, target
+            )
+        finally:
+            out.discard()
+        try:
+            rewritten = await anyio.to_thread.run_sync(rewrite_source, self._profile, part10)
+        except Refused as e:
+            part10.unlink(missing_ok=True)
+            return Unsendable(str(e))
+        copy = self._profiled(rewritten, conversion)
+        copy.temporary.append(part10)
+        return copy
+
+    def _profiled(self, rewritten: Profiled, conversion: Conversion | None) -> _Copy:
+        assert self._profile is not None
+        applied = ProfileApplied(
+            self._profile.name, self._profile.deidentifies, rewritten.sop_instance_uid
+        )
+        part = part_of_segments(rewritten.sop_instance_uid, rewritten.part10)
+        return _Copy(part, conversion, applied)
 
     async def _send_converted(self, lease: Lease, refused: InstanceResult) -> SendResult:
         """The destination refused the syntax: a lossless copy, sent alone now."""
@@ -248,15 +291,15 @@ class DicomWebSession:
                 f"{syntaxes.name(lease.transfer_syntax)}",
                 conversion_failed=True,
             )
-        done = await self._convert(lease, found[0])
-        if isinstance(done, Unsendable):
-            return Unsendable(f"{refused.reason}; {done.reason}", conversion_failed=True)
+        copy = await self._copy(lease, found[0])
+        if isinstance(copy, Unsendable):
+            return Unsendable(f"{refused.reason}; {copy.reason}", copy.conversion_failed)
         try:
-            out = await self._store([done.part])
+            out = await self._store([copy.part])
         finally:
-            done.file.discard()
+            copy.discard()
         (result,) = out.results
-        return Answered(_status(result), result.reason, done.conversion)
+        return Answered(_status(result), result.reason, copy.conversion, copy.profile)
 
 
 class DicomWebKind:
@@ -269,22 +312,33 @@ class DicomWebKind:
         ssl_context: ssl.SSLContext | None = None,
         transcode_to: str | None = None,
         transcoder: Transcoder | None = None,
+        profile: SendProfile | None = None,
     ) -> None:
         self.config = config
         self.ssl_context = ssl_context
         self.transcode_to = transcode_to
         self.transcoder = transcoder
+        self.profile = profile
 
     @classmethod
     def from_config(
-        cls, web: DicomWeb, *, transcode_to: str | None, transcoder: Transcoder | None
+        cls,
+        web: DicomWeb,
+        *,
+        transcode_to: str | None,
+        transcoder: Transcoder | None,
+        profile: SendProfile | None = None,
     ) -> DicomWebKind:
         """Built once per config: the TLS context is made here (files read once)."""
         context = None
         if web.url.startswith("https:"):
             context = client_context(web.tls or ClientTLS())
         return cls(
-            stow_config(web), ssl_context=context, transcode_to=transcode_to, transcoder=transcoder
+            stow_config(web),
+            ssl_context=context,
+            transcode_to=transcode_to,
+            transcoder=transcoder,
+            profile=profile,
         )
 
     def _client(self) -> StowClient:
@@ -300,7 +354,11 @@ class DicomWebKind:
     async def _open(self, leases: Sequence[Lease]) -> AsyncIterator[Session]:
         async with self._client() as client:
             session = DicomWebSession(
-                client, self.config.max_instances_per_request, self.transcode_to, self.transcoder
+                client,
+                self.config.max_instances_per_request,
+                self.transcode_to,
+                self.transcoder,
+                self.profile,
             )
             if leases:
                 await session.request(leases[0], leases[1:])

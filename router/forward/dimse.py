@@ -1,6 +1,8 @@
 """The DIMSE C-STORE destination kind: one association per session, proposing exactly
 the presentation contexts the batch needs, each data set streamed from the spool as
-received (no decoding) unless the destination takes none of the syntaxes it came in.
+received (no decoding) unless the destination takes none of the syntaxes it came in, or
+the destination has a profile (then a rewritten header around the stored pixel data:
+:mod:`router.forward.profiled`).
 
 Implements :mod:`router.forward.kind`; everything about what an answer means (retry,
 breaker, dead letter) is the forwarder's.
@@ -33,12 +35,21 @@ from router.forward.kind import (
     Answered,
     Conversion,
     Echo,
+    ProfileApplied,
     SendResult,
     Session,
     TransportError,
     Unsendable,
 )
 from router.forward.outcome import TransportFailure
+from router.forward.profiled import (
+    Profiled,
+    Refused,
+    SendProfile,
+    as_part10,
+    rewrite_lease,
+    rewrite_source,
+)
 from router.store.queue import Lease
 from router.transcode import Transcoded, TranscodeError, transcode
 
@@ -160,12 +171,14 @@ class DimseSession:
         called_ae: str,
         transcode_to: str | None,
         transcoder: Transcoder | None,
+        profile: SendProfile | None = None,
     ) -> None:
         self._assoc = assoc
         self._fitting = {(sop, ts) for sop, tss in contexts for ts in tss}
         self._called_ae = called_ae
         self._transcode_to = transcode_to
         self._transcoder = transcoder
+        self._profile = profile
 
     def fits(self, lease: Lease) -> bool:
         return (lease.sop_class_uid, lease.transfer_syntax) in self._fitting
@@ -177,9 +190,11 @@ class DimseSession:
             reason = syntaxes.refusal(lease.transfer_syntax, accepted)
             return Unsendable(f"{self._called_ae}: {reason}")
         try:
-            if target == lease.transfer_syntax:
-                return _answered(await self._store_as_received(lease))
-            return await self._store_converted(lease, target)
+            if target != lease.transfer_syntax:
+                return await self._store_converted(lease, target)
+            if self._profile is not None:
+                return await self._store_profiled(lease, self._profile)
+            return _answered(await self._store_as_received(lease))
         except (DicomError, OSError) as e:
             raise _error(e) from e
 
@@ -193,6 +208,27 @@ class DimseSession:
             length=lease.length,
         )
 
+    async def _store_profiled(self, lease: Lease, profile: SendProfile) -> SendResult:
+        """The profile's copy: a rewritten header around the stored pixel data."""
+        try:
+            rewritten = await rewrite_lease(profile, lease)
+        except Refused as e:
+            return Unsendable(str(e))
+        return await self._send_profiled(lease, profile, rewritten)
+
+    async def _send_profiled(
+        self,
+        lease: Lease,
+        profile: SendProfile,
+        p: Profiled,
+        conversion: Conversion | None = None,
+    ) -> SendResult:
+        resp = await self._assoc.c_store(
+            lease.sop_class_uid, p.sop_instance_uid, p.transfer_syntax, p.segments
+        )
+        applied = ProfileApplied(profile.name, profile.deidentifies, p.sop_instance_uid)
+        return _answered(resp, conversion, applied)
+
     async def _store_converted(self, lease: Lease, target: str) -> SendResult:
         if self._transcoder is None:
             return Unsendable("no converter available", conversion_failed=True)
@@ -204,7 +240,10 @@ class DimseSession:
                 f"{syntaxes.name(target)}: {e.reason}",
                 conversion_failed=True,
             )
+        conv = Conversion(lease.transfer_syntax, converted.transfer_syntax, converted.changes)
         try:
+            if self._profile is not None:
+                return await self._store_converted_profiled(lease, self._profile, converted, conv)
             resp = await self._assoc.c_store(
                 lease.sop_class_uid,
                 lease.sop_instance_uid,
@@ -213,12 +252,35 @@ class DimseSession:
             )
         finally:
             converted.discard()
-        conv = Conversion(lease.transfer_syntax, converted.transfer_syntax, converted.changes)
         return _answered(resp, conv)
 
+    async def _store_converted_profiled(
+        self, lease: Lease, profile: SendProfile, converted: Transcoded, conv: Conversion
+    ) -> SendResult:
+        """Convert first, then rewrite the converted copy (docs/deidentification.md)."""
+        part10 = await anyio.to_thread.run_sync(
+            as_part10,
+            converted.path,
+            lease.sop_class_uid,
+            lease.sop_instance_uid,
+            converted.transfer_syntax,
+        )
+        try:
+            try:
+                rewritten = await anyio.to_thread.run_sync(rewrite_source, profile, part10)
+            except Refused as e:
+                return Unsendable(str(e))
+            return await self._send_profiled(lease, profile, rewritten, conv)
+        finally:
+            part10.unlink(missing_ok=True)
 
-def _answered(resp: StoreResponse, conversion: Conversion | None = None) -> Answered:
-    return Answered(resp.status, resp.error_comment, conversion)
+
+def _answered(
+    resp: StoreResponse,
+    conversion: Conversion | None = None,
+    profile: ProfileApplied | None = None,
+) -> Answered:
+    return Answered(resp.status, resp.error_comment, conversion, profile)
 
 
 class DimseKind:
@@ -230,10 +292,12 @@ class DimseKind:
         *,
         transcode_to: str | None = None,
         transcoder: Transcoder | None = None,
+        profile: SendProfile | None = None,
     ) -> None:
         self.connection = connection
         self.transcode_to = transcode_to
         self.transcoder = transcoder
+        self.profile = profile
 
     def open(self, leases: Sequence[Lease]) -> AbstractAsyncContextManager[Session]:
         return self._open(leases)
@@ -249,6 +313,7 @@ class DimseKind:
                     self.connection.called_ae,
                     self.transcode_to,
                     self.transcoder,
+                    self.profile,
                 )
         except (DicomError, OSError) as e:
             raise _error(e) from e

@@ -23,6 +23,7 @@ __all__ = [
     "Conversion",
     "Echo",
     "Kind",
+    "ProfileApplied",
     "SendResult",
     "Session",
     "TransportError",
@@ -53,6 +54,15 @@ class Conversion:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileApplied:
+    """The destination's profile rewrote the copy sent (logged by the forwarder)."""
+
+    profile: str
+    deidentified: bool
+    sop_instance_uid: str  # the UID the destination got
+
+
+@dataclass(frozen=True, slots=True)
 class Answered:
     """The destination answered for this instance with ``status`` (a C-STORE status,
     or a STOW-RS result mapped onto one), classified by
@@ -61,6 +71,7 @@ class Answered:
     status: int
     comment: str | None = None
     conversion: Conversion | None = None
+    profile: ProfileApplied | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -368,11 +368,17 @@ class Forwarder:
                 continue
             if not session.fits(batch.unsent[0]):
                 return  # it needs other presentation contexts: a new session
+            if self._profile_changed(rt, plan):
+                return  # a reload changed the profile or its key: send with the new one
             lease = batch.current = batch.unsent.pop(0)
             result = await session.send(lease, batch.unsent)
             batch.current = None
             batch.idle_resumed = False
             await self._record(rt, lease, result, batch)
+
+    def _profile_changed(self, rt: DestinationRuntime, plan: destination.Plan) -> bool:
+        now = self._plan(rt)
+        return now is not None and now is not plan and now.profile != plan.profile
 
     async def _more(
         self, rt: DestinationRuntime, plan: destination.Plan, index: int, batch: _Batch
@@ -469,6 +475,17 @@ class Forwarder:
             return
         if result.conversion is not None:
             self._converted(rt.name, lease, result)
+        if result.profile is not None:
+            logs.event(
+                log,
+                logging.DEBUG,
+                "deidentified" if result.profile.deidentified else "profile_applied",
+                destination=rt.name,
+                instance=lease.instance_id,
+                profile=result.profile.profile,
+                sop_instance_uid=lease.sop_instance_uid,
+                sent_sop_instance_uid=result.profile.sop_instance_uid,
+            )
         await self._record_status(rt, lease, result, batch.delivered)
 
     def _converted(self, name: str, lease: Lease, result: Answered) -> None:

@@ -10,7 +10,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
+from router.profiles import describe
 from router.rules.engine import uid_label
 
 if TYPE_CHECKING:
@@ -29,8 +31,11 @@ def explain_file(
 
     Returns ``{"file", "sop_class_uid", "sop_instance_uid", "calling_ae", "called_ae",
     "matched": [{"rule", "file", "line", "reasons": [...], "forward": [...], "stop"}],
-    "destinations": [...], "unrouted": bool, "error": str | None}``. calling_ae defaults
-    to "" (rules on calling_ae then do not match); called_ae to our ae_title.
+    "destinations": [...], "unrouted": bool, "profiles": [{"destination", "profile",
+    "changes": [{"attribute", "action"}]}], "error": str | None}``: ``profiles`` has one
+    entry per matched destination with a profile (what it would change, never a value).
+    calling_ae defaults to "" (rules on calling_ae then do not match); called_ae to our
+    ae_title.
     """
     calling = calling_ae or ""
     called = config.ae_title if called_ae is None else called_ae
@@ -43,6 +48,7 @@ def explain_file(
         "matched": [],
         "destinations": [],
         "unrouted": True,
+        "profiles": [],
         "error": None,
     }
     try:
@@ -68,4 +74,23 @@ def explain_file(
         )
     out["destinations"] = list(result.destinations)
     out["unrouted"] = result.unrouted
+    out["profiles"] = _profiles(config, out["destinations"], ds)
+    return out
+
+
+def _profiles(config: Config, destinations: list[str], ds: Dataset) -> list[dict[str, Any]]:
+    """What each matched destination's profile would change (actions, never values)."""
+    out = []
+    for name in destinations:
+        dest = config.destinations.get(name)
+        if dest is None or dest.profile is None:
+            continue
+        changes = describe(config.profiles[dest.profile], ds)
+        out.append(
+            {
+                "destination": name,
+                "profile": dest.profile,
+                "changes": [{"attribute": c.attribute, "action": c.action} for c in changes],
+            }
+        )
     return out

@@ -32,10 +32,11 @@ import struct
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
+
+from router.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -49,10 +50,6 @@ __all__ = [
     "part10_header",
     "start_writeback",
 ]
-
-#: Our implementation class UID: a UUID-derived UID (2.25 arc), fixed for the product.
-IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_DNS, "dicom-router").int)
-IMPLEMENTATION_VERSION_NAME = "DICOM_ROUTER_01"
 
 TMP_SUFFIX = ".part"
 WRITE_BUFFER = 256 * 1024  # a spilled sink writes in chunks of this size (fewer syscalls)

@@ -283,17 +283,18 @@ def test_compose_stack() -> None:
     )
 
 
-@pytest.mark.anyio
-async def test_container_healthcheck_command_follows_readyz(port: int) -> None:
+@pytest.mark.asyncio
+async def test_container_healthcheck_command_follows_readyz() -> None:
     """Run the image's HEALTHCHECK command itself against a live server."""
     health = next(rest for word, rest in containerfile_instructions() if word == "HEALTHCHECK")
     argv = json.loads(health[health.index("CMD") + 3 :].strip())
     assert argv[0] == "python"
-    argv = [sys.executable, *(a.replace(":9108/", f":{port}/") for a in argv[1:])]
     problems: list[str] = []
-    server = HttpServer("127.0.0.1", port, Metrics(), lambda: list(problems))
+    server = HttpServer("127.0.0.1", 0, Metrics(), lambda: list(problems))
     async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
+        port = await tg.start(server.serve)
+        assert any(":9108/" in a for a in argv)
+        argv = [sys.executable, *(a.replace(":9108/", f":{port}/") for a in argv[1:])]
         ok = await anyio.run_process(argv, check=False)
         problems.append("queue not open")
         failing = await anyio.run_process(argv, check=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -138,12 +137,6 @@ def delayed_acks() -> int:
 needs_tcp_counters = pytest.mark.skipif(
     not Path("/proc/net/netstat").exists(), reason="Linux's TCP counters are needed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def raw_connect(port: int) -> anyio.abc.SocketStream:

@@ -12,14 +12,9 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
 from router.dicom import FileSink, PduTooLarge, ProtocolError, Rejection, Status, dimse, pdu
-from router.dicom.association import (
-    STORAGE_SOP_CLASSES,
-    Action,
-    Machine,
-    State,
-    negotiate,
-)
+from router.dicom.association import Action, Machine, State, negotiate
 from router.dicom.dimse import PDataReader
+from router.dicom.uids import STORAGE_SOP_CLASSES
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

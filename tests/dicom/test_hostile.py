@@ -36,7 +36,7 @@ from router.dicom import (
 from router.dicom.association import requestor_contexts
 from router.samples import write_dataset
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

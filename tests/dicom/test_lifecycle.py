@@ -14,7 +14,7 @@ from router.dicom import (
     associate,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -50,7 +50,10 @@ async def test_stop_accepting_then_drain(handler: RecordingHandler) -> None:
                 drained.append(await acceptor.drain(10))
 
             tg.start_soon(drain)
-            await anyio.sleep(0)
+            # drain is waiting (every task blocked) while the association is in flight
+            await anyio.wait_all_tasks_blocked()
+            assert drained == []
+            assert acceptor.active == 1
             await assoc.release()
         assert drained == [True]
         assert acceptor.active == 0
@@ -71,6 +74,7 @@ async def test_drain_timeout_aborts_the_rest(handler: RecordingHandler) -> None:
         assert await acceptor.drain(0.2) is False
         await wait_for(lambda: not acceptor.active, 10)
         assert handler.closed[-1][1] == "aborted"
-        with pytest.raises(Exception):  # noqa: B017 - the peer aborted: any DicomError
+        with pytest.raises(AssociationAborted) as aborted:
             await assoc.c_echo()
+        assert aborted.value.source == 2  # the acceptor (service provider) aborted
         await assoc.abort()

@@ -14,7 +14,6 @@ from dicom_helpers import (
     RecordingHandler,
     config,
     delayed_acks,
-    free_port,
     needs_tcp_counters,
     running,
     wait_for,
@@ -33,8 +32,9 @@ from router.dicom import (
 )
 from router.samples import write_dataset, write_many
 from tests.async_peers import storescp
+from tests.ports import bound_port, reserve_port
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -58,7 +58,7 @@ async def test_store_to_storescp(dcmtk: Path, tmp_path: Path) -> None:
         write_dataset(tmp_path / "impl.dcm", transfer_syntax=IMPLICIT),
     ]
     out = tmp_path / "out"
-    port = free_port()
+    port = reserve_port()
     async with (
         storescp(port, out, "+B", "+xa"),
         associate(
@@ -96,7 +96,7 @@ async def test_we_ack_at_once_so_a_nagle_on_destination_does_not_stall(
     ACKs (one per C-STORE without quick ACKs, none with them here)."""
     files = write_many(tmp_path / "src", 12, size=20000)
     out = tmp_path / "out"
-    port = free_port()
+    port = reserve_port()
     async with (
         storescp(port, out, nodelay=False),
         associate(
@@ -119,7 +119,7 @@ async def test_we_ack_at_once_so_a_nagle_on_destination_does_not_stall(
 
 async def test_no_presentation_context(dcmtk: Path, tmp_path: Path) -> None:
     f = write_dataset(tmp_path / "a.dcm")
-    port = free_port()
+    port = reserve_port()
     async with (
         storescp(port, tmp_path / "out"),
         associate(
@@ -138,8 +138,8 @@ async def test_no_presentation_context(dcmtk: Path, tmp_path: Path) -> None:
 class PynetdicomSCP:
     """pynetdicom's AE as a peer (in its own threads, which is fine for a test peer)."""
 
-    def __init__(self, port: int, *, abort_after: int | None = None) -> None:
-        self.port = port
+    def __init__(self, *, abort_after: int | None = None) -> None:
+        self.port = 0  # bound in __enter__
         self.received: list[bytes] = []
         self.abort_after = abort_after
         self.ae = AE(ae_title="PYNETDICOM")
@@ -160,10 +160,11 @@ class PynetdicomSCP:
 
     def __enter__(self) -> PynetdicomSCP:
         self.server = self.ae.start_server(
-            ("127.0.0.1", self.port),
+            ("127.0.0.1", 0),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._conn)],
         )
+        self.port = bound_port(self.server)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,7 +173,7 @@ class PynetdicomSCP:
 
 @pytest.fixture
 def pynetdicom_scp() -> Iterator[PynetdicomSCP]:
-    with PynetdicomSCP(free_port()) as scp:
+    with PynetdicomSCP() as scp:
         yield scp
 
 
@@ -234,7 +235,7 @@ async def test_we_abort_and_release_against_our_acceptor(
 
 
 async def test_connect_errors(dcmtk: Path) -> None:
-    port = free_port()
+    port = reserve_port()
     with pytest.raises(ConnectError):
         await associate(
             "127.0.0.1", port, calling_ae="A", called_ae="B", contexts=[(CT, [EXPLICIT])]
@@ -242,7 +243,7 @@ async def test_connect_errors(dcmtk: Path) -> None:
 
 
 async def test_rejected_by_storescp(dcmtk: Path, tmp_path: Path) -> None:
-    port = free_port()
+    port = reserve_port()
     async with storescp(port, tmp_path / "out", "--refuse"):
         with pytest.raises(AssociationRejected) as info:
             await associate(

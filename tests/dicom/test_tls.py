@@ -19,7 +19,7 @@ from dicom_helpers import (
 
 from router.dicom import Acceptor, ConnectError, associate
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

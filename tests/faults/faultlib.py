@@ -1,6 +1,7 @@
-"""Helpers for the fault matrix (issue 4): a raw DICOM peer on a blocking socket, hand-built
-data sets (so hostile values reach the wire unvalidated), /proc readings of the router
-process, a pynetdicom destination answering chosen statuses, and queue inspection.
+"""Helpers for the fault matrix (docs/architecture.md): a raw DICOM peer on a blocking
+socket, hand-built data sets (so hostile values reach the wire unvalidated), /proc
+readings of the router process, a pynetdicom destination answering chosen statuses, and
+queue inspection.
 
 The router always runs as a real process (tests.integration.peers.RouterProcess).
 """
@@ -20,8 +21,8 @@ from typing import Any
 
 from router.dicom import dimse, pdu
 from router.dicom.association import requestor_contexts
-from tests.conftest import free_port
 from tests.integration.peers import RouterProcess, wait_for, write_config
+from tests.ports import bound_port, reserve_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -261,8 +262,9 @@ def dest(ae: str, port: int, **kw: Any) -> dict[str, Any]:
 
 
 def down_port() -> int:
-    """A port nobody listens on."""
-    return free_port()
+    """A port nobody listens on (connections refused), held for the test: a server
+    started on it later (same port, the destination back up) can still bind it."""
+    return reserve_port()
 
 
 def partials(router: RouterProcess) -> list[Path]:
@@ -306,7 +308,7 @@ class StatusSCP:
 
     ae_title: str = "PACS"
     status: int = 0x0000
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: the kernel picks one; `start` sets the bound port
     received: list[tuple[str, bytes, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: Any = None
@@ -339,6 +341,7 @@ class StatusSCP:
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._nodelay)],
         )
+        self.port = bound_port(self.server)
         return self
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Fault matrix, who may associate (issue 4, case 13): calling AE not allowed (1,1,3),
+"""Fault matrix, who may associate (case 13): calling AE not allowed (1,1,3),
 wrong called AE (1,1,7), and the optional per-AE IP allow-list (accept.hosts), on the
 router process; changes apply on reload. The bare acceptor's rejections are in
 tests/dicom/test_hostile.py (test_rejections)."""
@@ -57,18 +57,16 @@ def test_13_calling_and_called_ae_and_host_allow_list(tmp_path: Path) -> None:
         assert _answer(router.port, "MR_1") == "accepted"  # no host list for MR_1
         assert storescu(router.port, files, calling="CT_2").returncode != 0
         assert storescu(router.port, files, calling="CT_1").returncode == 0
-        assert (
-            router.metric(
-                "dicom_router_associations_rejected_total", reason="calling_ae_not_recognized"
-            )
-            == 3
-        )
+        rejected = "dicom_router_associations_rejected_total"
+        assert router.metric(rejected, reason="calling_ae_not_recognized") == 1  # INTRUDER
+        assert router.metric(rejected, reason="host_not_allowed") == 2  # CT_2, twice
         assert (
             router.metric(
                 "dicom_router_associations_rejected_total", reason="called_ae_not_recognized"
             )
             == 1
         )
+        # one association_rejected line for each, naming the cause
         assert router.log().count('"host_not_allowed"') == 2
         # reload: CT_2 may now connect from loopback; "*" restricts every other AE
         cfg = yaml.safe_load(router.config_path.read_text())

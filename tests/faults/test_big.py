@@ -1,4 +1,4 @@
-"""Fault matrix, a 2 GB multi-frame instance in and out (issue 4, case 17; issue 6: very
+"""Fault matrix, a 2 GB multi-frame instance in and out (case 17; very
 large objects pass through untranscoded): streamed both ways,
 the router's peak RSS (VmHWM over its whole life) stays under 150 MiB."""
 

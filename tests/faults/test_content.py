@@ -1,4 +1,4 @@
-"""Fault matrix, hostile or broken content (issue 4, cases 6, 11, 12, 14): the router
+"""Fault matrix, hostile or broken content (cases 6, 11, 12, 14): the router
 process answers each C-STORE with a DIMSE status, keeps the association and the server
 up, writes nothing outside storage/ and names every file itself."""
 

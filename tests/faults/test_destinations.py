@@ -1,4 +1,4 @@
-"""Fault matrix, destinations that misbehave (issue 4, cases 15 and 16): DCMTK storescp
+"""Fault matrix, destinations that misbehave (cases 15 and 16): DCMTK storescp
 refusing, aborting and sleeping, and a pynetdicom destination answering chosen statuses.
 Related, already covered: tests/integration/test_end_to_end.py
 (test_destination_outage_holds_then_delivers: a destination that is down)."""

@@ -1,4 +1,4 @@
-"""Fault matrix, the same SOP Instance UID twice (issue 4, case 10).
+"""Fault matrix, the same SOP Instance UID twice (case 10).
 
 Policy (README "Reliability"): by default (`duplicates: forward_each`) every receipt is
 queued and forwarded, in order of receipt; with `duplicates: drop_identical` a receipt

@@ -1,4 +1,4 @@
-"""Fault matrix, floods (issue 4, cases 5 and 19): slow-loris senders filling every
+"""Fault matrix, floods (cases 5 and 19): slow-loris senders filling every
 association slot, and 10,000 malformed association requests and unknown PDUs, against
 the router as a real process. See also tests/dicom/test_hostile.py
 (test_connection_flood_is_shed, test_bytes_before_association) for the bare acceptor."""

@@ -1,4 +1,4 @@
-"""Fault matrix, peers that misbehave on the wire (issue 4, cases 1, 2, 4, 18).
+"""Fault matrix, peers that misbehave on the wire (cases 1, 2, 4, 18).
 
 Each test runs the router as a real process and talks to it with a raw socket peer.
 In-process versions of some of these against the bare acceptor live in

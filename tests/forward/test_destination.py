@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from router.config import Destination
+from router.config import Config, Destination
 from router.forward import destination
 from router.forward.dimse import MAX_CONTEXTS, DimseKind, contexts_for
+from router.forward.profiled import send_profile
 from router.problems import ConfigError
 from router.store.queue import Lease
 from tests.forward.peer import CT, EXPLICIT, IMPLICIT, config
@@ -122,3 +123,23 @@ def test_contexts_are_bounded_by_ps38() -> None:
     many = [lease(f"1.2.826.0.1.3680043.9.9999.{i}", EXPLICIT, i) for i in range(200)]
     got = contexts_for(many, None)
     assert 0 < len(got) <= MAX_CONTEXTS
+
+
+def test_the_kind_is_built_with_the_destinations_profile(tmp_path: Path) -> None:
+    (tmp_path / "k.key").write_bytes(b"0123456789abcdef")
+    cfg = Config.model_validate(
+        {
+            "ae_title": "ROUTER",
+            "storage": {"path": str(tmp_path)},
+            "profiles": {"r": {"deidentify": {"secret_file": str(tmp_path / "k.key")}}},
+            "destinations": {
+                "with": {"ae_title": "A", "host": "h", "port": 104, "profile": "r"},
+                "without": {"ae_title": "B", "host": "h", "port": 104},
+            },
+        }
+    )
+    for name in cfg.destinations:
+        p = destination.plan(cfg, name, None)
+        assert p.profile == send_profile(cfg, cfg.destinations[name])
+        assert getattr(p.kind, "profile", None) == p.profile
+    assert destination.plan(cfg, "with", None).profile is not None

@@ -24,10 +24,10 @@ from router.forward.kind import TransportError
 from router.forward.outcome import TransportFailure
 from router.store.queue import InstanceRecord, Queue
 from tests.async_peers import until
-from tests.conftest import free_port
 from tests.forward.peer import CT, EXPLICIT, IMPLICIT, encoded, rig
 from tests.forward.stow.bodies import dicom_json, split_parts
 from tests.forward.test_forwarder import rows, until_row
+from tests.ports import reserve_port
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,48 @@ async def test_echo_and_unreachable(stow: StowServer, tmp_path: Path) -> None:
     echo = await DicomWebKind(stow_config(web)).echo()
     assert (echo.ok, echo.detail) == (True, "HTTP 200")
     assert stow.gets == ["/dicom-web/studies?limit=1"]
-    gone = web.model_copy(update={"url": f"http://127.0.0.1:{free_port()}/dicom-web"})
+    gone = web.model_copy(update={"url": f"http://127.0.0.1:{reserve_port()}/dicom-web"})
     with pytest.raises(TransportError) as e:
         await DicomWebKind(stow_config(gone)).echo()
     assert e.value.failure is TransportFailure.CONNECT_REFUSED
+
+
+def profiled_config(tmp_path: Path, url: str, **dest: Any) -> Config:
+    secret = tmp_path / "k.key"
+    secret.write_bytes(b"a key of more than sixteen bytes")
+    return Config.model_validate(
+        {
+            "ae_title": "ROUTER",
+            "storage": {"path": str(tmp_path / "storage"), "inline_max_bytes": 4096},
+            "profiles": {
+                "research": {
+                    "deidentify": {"secret_file": str(secret)},
+                    "set": {"ClinicalTrialSiteID": "SITE-A"},
+                }
+            },
+            "destinations": {"web": {"dicomweb": {"url": url}, "profile": "research", **dest}},
+        },
+        context={"check_files": True},
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("ts", [EXPLICIT, IMPLICIT], ids=["as-received", "converted"])
+async def test_a_profile_rewrites_the_copy_sent(stow: StowServer, tmp_path: Path, ts: str) -> None:
+    """The profile's copy goes (de-identified, under its new UID, pixel data unchanged);
+    with ``transcode_to`` the converted copy is rewritten. The response names the new
+    UID, and that answers for the instance."""
+    more = {"transcode_to": "ExplicitVRLittleEndian"} if ts == IMPLICIT else {}
+    async with rig(tmp_path, profiled_config(tmp_path, stow.url, **more)) as r:
+        uid, data = await commit(r.queue, ts=ts)
+        await until_done(r.queue, uid)
+        assert forwarded(r, "delivered") == 1
+    ((got,),) = stow.requests
+    assert got.sop_instance_uid != uid and got.sop_instance_uid.startswith("2.25.")
+    assert got.transfer_syntax == EXPLICIT
+    sent = pydicom.dcmread(io.BytesIO(got.part10))
+    original = pydicom.dcmread(io.BytesIO(data), force=True)
+    assert sent.ClinicalTrialSiteID == "SITE-A"
+    assert sent.PatientIdentityRemoved == "YES"
+    assert sent.PatientID != original.PatientID
+    assert sent.PixelData == original.PixelData

@@ -221,3 +221,42 @@ def mutated(draw: st.DrawFn, data: bytes, max_mutations: int = 4) -> bytes:
                 ">L", draw(st.sampled_from([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, n, n + 1]))
             )
     return bytes(buf)
+
+
+def _fragments(draw: st.DrawFn, ctx: int, data: bytes, command: bool) -> list[bytes]:
+    """``data`` as PDVs cut at random points, LAST on the final one."""
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=4)))
+    cuts = [c for c in cuts if c < len(data)]
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    out = []
+    for i, piece in enumerate(pieces):
+        control = (pdu.COMMAND if command else 0) | (pdu.LAST if i == len(pieces) - 1 else 0)
+        out.append(struct.pack(">LBB", len(piece) + 2, ctx, control) + piece)
+    return out
+
+
+@st.composite
+def dimse_stream(
+    draw: st.DrawFn, contexts: list[int]
+) -> tuple[list[bytes], list[tuple[int, bytes, bytes | None]]]:
+    """A valid P-DATA stream: C-ECHO and C-STORE requests (with their data sets) on the
+    given contexts, each cut into fragments, the PDVs split into PDU bodies at random.
+    Returns (bodies, the messages they carry)."""
+    messages: list[tuple[int, bytes, bytes | None]] = []
+    pdvs: list[bytes] = []
+    for _ in range(draw(st.integers(0, 4))):
+        ctx = draw(st.sampled_from(contexts))
+        mid = draw(st.integers(0, 0xFFFF))
+        if draw(st.booleans()):
+            command, data = dimse.echo_rq(mid), None
+        else:
+            uid = draw(st.text(alphabet="0123456789.", min_size=1, max_size=64))
+            command, data = dimse.store_rq(mid, CT, uid), draw(st.binary(max_size=400))
+        messages.append((ctx, command, data))
+        pdvs += _fragments(draw, ctx, command, True)
+        if data is not None:
+            pdvs += _fragments(draw, ctx, data, False)
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(pdvs) - 1)), max_size=len(pdvs))))
+    cuts = [c for c in cuts if c < len(pdvs)]
+    bodies = [b"".join(pdvs[a:b]) for a, b in zip([0, *cuts], [*cuts, len(pdvs)], strict=True)]
+    return [b for b in bodies if b], messages

@@ -14,20 +14,19 @@ from router.http import BadRequest, HttpServer, Request, Response, parse_head
 from router.metrics import Metrics, QueueSnapshot
 from tests.design_contract import DESIGN_METRICS
 
-pytestmark = pytest.mark.anyio
-
 
 @asynccontextmanager
 async def running(
-    port: int,
     readiness: Callable[[], list[str]] = list,
     metrics: Metrics | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[HttpServer]:
-    server = HttpServer("127.0.0.1", port, metrics or Metrics(), readiness, **kwargs)
+    """Serve on a port of the kernel's choosing (port 0); yield the server (its
+    ``port`` is the bound one)."""
+    server = HttpServer("127.0.0.1", 0, metrics or Metrics(), readiness, **kwargs)
     async with anyio.create_task_group() as tg:
         bound = await tg.start(server.serve)
-        assert bound == port == server.port
+        assert bound == server.port > 0
         yield server
         tg.cancel_scope.cancel()
 
@@ -58,12 +57,14 @@ async def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str,
     return status, headers, body
 
 
-async def test_metrics_expose_every_design_metric(port: int) -> None:
+@pytest.mark.asyncio
+async def test_metrics_expose_every_design_metric() -> None:
     m = Metrics()
     m.set_destinations(["pacs"])
     m.set_snapshot_source(lambda: QueueSnapshot(storage_free_bytes=123))
     m.delivered("pacs", 0.5)
-    async with running(port, metrics=m):
+    async with running(metrics=m) as server:
+        port = server.port
         status, headers, body = await get(port, "/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=")
@@ -79,16 +80,20 @@ async def test_metrics_expose_every_design_metric(port: int) -> None:
     assert families["dicom_router_delivery_latency_seconds"].type == "histogram"
 
 
-async def test_healthz(port: int) -> None:
-    async with running(port, readiness=lambda: ["storage not writable"]):
+@pytest.mark.asyncio
+async def test_healthz() -> None:
+    async with running(readiness=lambda: ["storage not writable"]) as server:
+        port = server.port
         status, headers, body = await get(port, "/healthz")
     assert (status, body) == (200, b"ok\n")
     assert headers["connection"] == "close"
 
 
-async def test_readyz_ready_and_not_ready(port: int) -> None:
+@pytest.mark.asyncio
+async def test_readyz_ready_and_not_ready() -> None:
     problems: list[str] = []
-    async with running(port, readiness=lambda: list(problems)):
+    async with running(readiness=lambda: list(problems)) as server:
+        port = server.port
         status, _, body = await get(port, "/readyz")
         assert status == 200
         problems += ["not listening on 11112", "queue not open"]
@@ -97,18 +102,22 @@ async def test_readyz_ready_and_not_ready(port: int) -> None:
         assert body == b"not listening on 11112\nqueue not open\n"
 
 
-async def test_readyz_with_a_failing_check_is_503(port: int) -> None:
+@pytest.mark.asyncio
+async def test_readyz_with_a_failing_check_is_503() -> None:
     def broken() -> list[str]:
         raise OSError("disk gone")
 
-    async with running(port, readiness=broken):
+    async with running(readiness=broken) as server:
+        port = server.port
         status, _, body = await get(port, "/readyz")
     assert status == 503
     assert b"OSError" in body
 
 
-async def test_404_405_and_head(port: int) -> None:
-    async with running(port):
+@pytest.mark.asyncio
+async def test_404_405_and_head() -> None:
+    async with running() as server:
+        port = server.port
         assert (await get(port, "/nope"))[0] == 404
         assert (await get(port, "/metrics/extra"))[0] == 404
         status, headers, _ = await get(port, "/metrics", method="POST")
@@ -121,8 +130,10 @@ async def test_404_405_and_head(port: int) -> None:
         assert (await get(port, "/healthz?x=1"))[0] == 200
 
 
-async def test_post_with_a_body_gets_its_answer(port: int) -> None:
-    async with running(port):
+@pytest.mark.asyncio
+async def test_post_with_a_body_gets_its_answer() -> None:
+    async with running() as server:
+        port = server.port
         resp = await raw(
             port,
             b"POST /metrics HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000,
@@ -130,6 +141,7 @@ async def test_post_with_a_body_gets_its_answer(port: int) -> None:
     assert resp.startswith(b"HTTP/1.1 405 ")
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -145,29 +157,36 @@ async def test_post_with_a_body_gets_its_answer(port: int) -> None:
         b"",  # connect and close
     ],
 )
-async def test_garbage_does_not_kill_the_server(port: int, garbage: bytes) -> None:
-    async with running(port):
+async def test_garbage_does_not_kill_the_server(garbage: bytes) -> None:
+    async with running() as server:
+        port = server.port
         resp = await raw(port, garbage)
         assert resp == b"" or resp.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 505 "))
         assert (await get(port, "/healthz"))[0] == 200
 
 
-async def test_oversized_head_is_431(port: int) -> None:
-    async with running(port, max_head_bytes=1024):
+@pytest.mark.asyncio
+async def test_oversized_head_is_431() -> None:
+    async with running(max_head_bytes=1024) as server:
+        port = server.port
         resp = await raw(port, b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 5000 + b"\r\n\r\n")
         assert resp.startswith(b"HTTP/1.1 431 ")
         assert (await get(port, "/healthz"))[0] == 200
 
 
-async def test_slow_client_times_out_with_408(port: int) -> None:
-    async with running(port, read_timeout=0.2):
+@pytest.mark.asyncio
+async def test_slow_client_times_out_with_408() -> None:
+    async with running(read_timeout=0.2) as server:
+        port = server.port
         resp = await raw(port, b"GET /healthz HTTP/1.1\r\n", half_close=False)
         assert resp.startswith(b"HTTP/1.1 408 ")
         assert (await get(port, "/healthz"))[0] == 200
 
 
-async def test_client_that_vanishes_mid_request(port: int) -> None:
-    async with running(port):
+@pytest.mark.asyncio
+async def test_client_that_vanishes_mid_request() -> None:
+    async with running() as server:
+        port = server.port
         for _ in range(20):
             s = await anyio.connect_tcp("127.0.0.1", port)
             await s.send(b"GET /metr")
@@ -175,14 +194,16 @@ async def test_client_that_vanishes_mid_request(port: int) -> None:
         assert (await get(port, "/healthz"))[0] == 200
 
 
-async def test_extra_route_and_failing_handler(port: int) -> None:
+@pytest.mark.asyncio
+async def test_extra_route_and_failing_handler() -> None:
     async def queue(request: Request) -> Response:
         return Response.json({"pending": 3, "query": request.query})
 
     async def boom(request: Request) -> Response:
         raise RuntimeError("bug")
 
-    async with running(port) as server:
+    async with running() as server:
+        port = server.port
         server.add_route("/api/queue", queue)
         server.add_route("/api/boom", boom)
         status, headers, body = await get(port, "/api/queue?destination=pacs")
@@ -193,21 +214,23 @@ async def test_extra_route_and_failing_handler(port: int) -> None:
         assert (await get(port, "/healthz"))[0] == 200
 
 
-async def test_many_concurrent_clients(port: int) -> None:
+@pytest.mark.asyncio
+async def test_many_concurrent_clients() -> None:
     results: list[int] = []
 
-    async def one() -> None:
+    async def one(port: int) -> None:
         results.append((await get(port, "/metrics"))[0])
 
-    async with running(port, max_connections=8), anyio.create_task_group() as tg:
+    async with running(max_connections=8) as server, anyio.create_task_group() as tg:
         for _ in range(50):
-            tg.start_soon(one)
+            tg.start_soon(one, server.port)
     # over the connection bound a client gets a quick 503, never a hang or a crash
     assert len(results) == 50
     assert set(results) <= {200, 503}
     assert 200 in results
 
 
+@pytest.mark.asyncio
 async def test_port_zero_reports_the_bound_port() -> None:
     server = HttpServer("127.0.0.1", 0, Metrics(), list)
     async with anyio.create_task_group() as tg:

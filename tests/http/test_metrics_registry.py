@@ -1,4 +1,4 @@
-"""router.metrics: the design.md metric names, bounded labels, scrape-time queue gauges."""
+"""router.metrics: the README's metric names, bounded labels, scrape-time queue gauges."""
 
 from __future__ import annotations
 

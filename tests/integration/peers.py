@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import free_port
+from tests.ports import PortInUse, reserve_port, retry_in_use
 
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -67,9 +67,38 @@ class StoreSCP:
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.iterdir() if p.is_file())
 
+    def _writing(self) -> set[Path]:
+        """Files storescp has open right now: a file appears when its receipt starts and
+        is whole only once storescp has closed it."""
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        open_now: set[Path] = set()
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:  # storescp has exited: nothing is being written
+            return open_now
+        for fd in fds:
+            try:
+                open_now.add(Path(os.readlink(fd)))
+            except OSError:
+                continue
+        return open_now
+
+    def complete_files(self) -> list[Path]:
+        """The files received whole (not still being written)."""
+        writing = self._writing()
+        return [p for p in self.files() if p.resolve() not in writing]
+
     def wait_files(self, n: int, timeout: float = 60.0) -> list[Path]:
-        wait_for(lambda: len(self.files()) >= n, timeout, f"{n} files at {self.ae_title}")
-        return self.files()
+        """At least ``n`` whole files; returns every file then (all whole)."""
+
+        def whole() -> list[Path] | None:
+            files, writing = self.files(), self._writing()
+            done = [p for p in files if p.resolve() not in writing]
+            return files if len(done) >= n and len(done) == len(files) else None
+
+        got = wait_for(whole, timeout, f"{n} whole files at {self.ae_title}")
+        assert isinstance(got, list)
+        return got
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -92,9 +121,24 @@ def start_storescp(
     bit_preserving: bool = True,
 ) -> StoreSCP:
     """``accept_all`` False: storescp's default, uncompressed transfer syntaxes only.
-    ``bit_preserving`` False: files get unique names (receipts of one UID all kept)."""
+    ``bit_preserving`` False: files get unique names (receipts of one UID all kept).
+    Without ``port``, on a reserved one (storescp cannot bind port 0: tests/ports.py),
+    retried on another if it was taken anyway."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    args = (directory, ae_title, extra, accept_all, bit_preserving)
+    if port is None:
+        return retry_in_use(lambda p: _start_storescp(p, *args))
+    return _start_storescp(port, *args)
+
+
+def _start_storescp(
+    port: int,
+    directory: Path,
+    ae_title: str,
+    extra: Sequence[str],
+    accept_all: bool,
+    bit_preserving: bool,
+) -> StoreSCP:
     proc = subprocess.Popen(
         [
             "storescp",
@@ -120,6 +164,8 @@ def start_storescp(
     if proc.poll() is not None:
         err = proc.stderr.read().decode() if proc.stderr else ""
         scp.stop()
+        if "Address already in use" in err:
+            raise PortInUse(err)
         raise RuntimeError(f"storescp exited: {err}")
     return scp
 
@@ -246,8 +292,10 @@ def write_config(
     rules: list[dict[str, Any]] | None = None,
     **overrides: Any,
 ) -> RouterProcess:
-    """A router config under ``directory`` with fast retry settings for tests."""
-    port, http_port = free_port(), free_port()
+    """A router config under ``directory`` with fast retry settings for tests. Its
+    ports are reserved (tests/ports.py), not 0: the CLI's queue commands find the
+    running router's API through this file, and a restarted router keeps them."""
+    port, http_port = reserve_port(), reserve_port()
     storage = directory / "storage"
     fast = {
         "retry": {"max_attempts": 50, "initial_backoff": "100ms", "max_backoff": "1s"},

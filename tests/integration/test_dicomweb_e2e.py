@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from router.samples import make_dataset, write_dataset
 from router.store.spool import part10_header
-from tests.conftest import free_port
 from tests.forward.stow.conftest import orthanc, orthanc_auth  # noqa: F401  (fixtures)
 from tests.forward.stow.orthanc_server import (
     PASSWORD,
@@ -39,6 +37,7 @@ from tests.integration.peers import (
     write_config,
 )
 from tests.integration.test_end_to_end import PROPOSE
+from tests.ports import reserve_port, unreserved_port
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -141,7 +140,7 @@ def test_test_files_arrive_as_orthanc_stores_them_given_directly(
 
 
 def test_orthanc_down_then_up_holds_back_and_then_delivers(tmp_path: Path) -> None:
-    port = free_port()
+    port = unreserved_port()
     files = [write_dataset(tmp_path / "src" / f"{i}.dcm", 5_000) for i in range(6)]
     router = write_config(tmp_path, {"web": dicomweb(f"http://127.0.0.1:{port}/dicom-web/")})
     server: Orthanc | None = None
@@ -250,7 +249,7 @@ def test_one_refused_instance_among_good_ones_is_a_dead_letter_with_orthancs_rea
 def test_echo_on_a_dicomweb_destination(orthanc: Orthanc, tmp_path: Path) -> None:  # noqa: F811
     router = write_config(
         tmp_path,
-        {"web": dicomweb(orthanc.dicomweb), "gone": dicomweb(f"http://127.0.0.1:{free_port()}")},
+        {"web": dicomweb(orthanc.dicomweb), "gone": dicomweb(f"http://127.0.0.1:{reserve_port()}")},
     )
     ok = subprocess.run(
         [sys.executable, "-m", "router", "echo", "web", "--config", str(router.config_path)],
@@ -282,7 +281,6 @@ def _peak_rss_kib(pid: int) -> int:
 def test_a_1gb_instance_is_streamed_through_in_bounded_memory(
     orthanc: Orthanc,  # noqa: F811
     tmp_path: Path,
-    record_property: Callable[[str, object], None],
 ) -> None:
     size = 1024**3
     free = shutil.disk_usage(tmp_path).free
@@ -301,7 +299,7 @@ def test_a_1gb_instance_is_streamed_through_in_bounded_memory(
         assert res.returncode == 0, res.stderr
         wait_for(lambda: delivered(router) == 1, 1200, "the large instance delivered", step=0.5)
         peak = _peak_rss_kib(router.proc.pid) * 1024
-        record_property("router_peak_rss_mib", round(peak / 1024**2))
+        print(f"router peak RSS {peak / 1024**2:.0f} MiB")  # shown by pytest -rP
         assert router.terminate() == 0
     stored = orthanc.find_instance(uid)
     assert stored is not None

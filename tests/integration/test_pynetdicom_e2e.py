@@ -15,8 +15,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
 
 from router.samples import make_dataset
-from tests.conftest import free_port
 from tests.integration.peers import running, start_storescp, wait_for, write_config
+from tests.ports import bound_port
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -25,7 +25,7 @@ class PynetdicomSCP:
     """A destination: pynetdicom's AE storing the raw data set bytes it receives."""
 
     def __init__(self, ae_title: str) -> None:
-        self.port = free_port()
+        self.port = 0  # bound in __enter__
         self.ae_title = ae_title
         self.received: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -47,10 +47,11 @@ class PynetdicomSCP:
 
     def __enter__(self) -> PynetdicomSCP:
         self.server = self.ae.start_server(
-            ("127.0.0.1", self.port),
+            ("127.0.0.1", 0),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._nodelay)],
         )
+        self.port = bound_port(self.server)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,7 @@ import pytest
 from router.http import HttpServer, Request, Response
 from router.metrics import Metrics
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 
 async def exchange(port: int, data: bytes, *, eof: bool = True) -> bytes:
@@ -34,7 +34,7 @@ def post(path: str, body: bytes, extra: str = "") -> bytes:
     ).encode() + body
 
 
-async def test_post_routes(port: int) -> None:
+async def test_post_routes() -> None:
     seen: list[Request] = []
 
     async def echo(request: Request) -> Response:
@@ -43,7 +43,7 @@ async def test_post_routes(port: int) -> None:
 
     server = HttpServer(
         "127.0.0.1",
-        port,
+        0,
         Metrics(process_metrics=False),
         list,
         max_body_bytes=1000,
@@ -52,7 +52,7 @@ async def test_post_routes(port: int) -> None:
     server.add_route("/api/echo", echo, methods=("POST",))
     server.add_route("/api/both", echo, methods=("GET", "POST"))
     async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
+        port = await tg.start(server.serve)
         resp = await exchange(port, post("/api/echo", b'{"a": 1}'))
         assert resp.startswith(b"HTTP/1.1 200 ") and resp.endswith(b'"got": 8\n}\n')
         assert seen[-1].body == b'{"a": 1}' and seen[-1].method == "POST"

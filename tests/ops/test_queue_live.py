@@ -13,9 +13,9 @@ import yaml
 from pydicom.uid import generate_uid
 
 from router.samples import write_many
-from tests.conftest import free_port
 from tests.integration.peers import running, start_storescp, storescu, wait_for, write_config
 from tests.ops.helpers import api, cli, count, json_log, status_json
+from tests.ports import reserve_port
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -26,7 +26,7 @@ def test_queue_commands_while_the_router_runs(
     study_a, study_b = generate_uid(), generate_uid()
     files = write_many(tmp_path / "a", 6, 3000, StudyInstanceUID=study_a)
     files += write_many(tmp_path / "b", 6, 3000, StudyInstanceUID=study_b)
-    pacs_port, ai_port = free_port(), free_port()  # nobody listens there (yet)
+    pacs_port, ai_port = reserve_port(), reserve_port()  # nobody listens there (yet)
     router = write_config(
         tmp_path,
         {
@@ -177,7 +177,7 @@ def test_queue_commands_on_the_database_when_the_api_is_off(
             "pacs": {
                 "ae_title": "PACS",
                 "host": "127.0.0.1",
-                "port": free_port(),
+                "port": reserve_port(),
                 "retry": {"max_attempts": 1, "initial_backoff": "100ms", "max_backoff": "1s"},
                 "circuit_breaker": {"failures": 1000, "probe_interval": "500ms"},
             }

@@ -64,7 +64,15 @@ def test_watched_paths(tmp_path: Path) -> None:
     assert dirs == [(tmp_path / "rules").absolute()]
 
 
-@pytest.mark.anyio
+def test_watched_paths_include_profile_secret_files(tmp_path: Path) -> None:
+    (tmp_path / "research.key").write_bytes(b"0123456789abcdef")
+    text = BASE + "profiles:\n  research: {deidentify: {secret_file: research.key}}\n"
+    path = setup_files(tmp_path, text)
+    files, _ = watched_paths(path, load_config(path))
+    assert files == [path, tmp_path / "rules" / "a.yaml", tmp_path / "research.key"]
+
+
+@pytest.mark.asyncio
 async def test_watcher_reacts_to_content_not_to_touch(tmp_path: Path) -> None:
     path = setup_files(tmp_path)
     cfg = load_config(path)

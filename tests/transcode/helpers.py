@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
@@ -88,7 +89,7 @@ def catalogue() -> dict[str, tuple[str, bool]]:
             warnings.simplefilter("ignore")
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=False)
-            except Exception:
+            except InvalidDicomError:  # files without a file meta
                 continue
         ts = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
         if ts:

@@ -20,13 +20,13 @@ from router import syntaxes
 from router.dicom import associate
 from router.transcode import transcode
 from tests.async_peers import storescp as dcmtk_storescp
-from tests.conftest import free_port
+from tests.ports import reserve_port
 
 from .helpers import source_ds, stored
 from .test_transcode import DECODABLE_FILES
 
 pytestmark = [
-    pytest.mark.anyio,
+    pytest.mark.asyncio,
     pytest.mark.dcmtk,
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
@@ -107,7 +107,7 @@ async def test_every_decodable_compressed_file_arrives_uncompressed(
         if int(src.SamplesPerPixel) == 3:
             assert np.array_equal(pixel_array(got), pixel_array(src)), name
 
-    port = free_port()
+    port = reserve_port()
     async with storescp(port, outdir, *options):
         sent = await send(port, DECODABLE_FILES, tmp, check)
     assert sorted(sent) == sorted(DECODABLE_FILES)
@@ -124,7 +124,7 @@ async def test_original_bytes_when_the_original_is_accepted(dcmtk: Path, tmp_pat
         _meta, offset = split_dataset(path)
         assert path.read_bytes()[offset:] == s.data[s.data_offset :], name  # as received
 
-    port = free_port()
+    port = reserve_port()
     async with storescp(port, outdir):
         await send(
             port,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.ports import unreserved_port
 
 PLUGIN_NAMES = ("libOrthancDicomWeb.so",)
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
@@ -103,7 +103,7 @@ def start_orthanc(root: Path, *, users: dict[str, str] | None, port: int | None 
     auth = next(iter(users.items())) if users else None
     wanted = port
     for _ in range(5):
-        port = wanted or free_port()
+        port = wanted or unreserved_port()
         run = root / f"run-{port}"
         run.mkdir(parents=True, exist_ok=True)
         config = {

@@ -27,8 +27,8 @@ from router.forward.stow import (
     group_by_study,
 )
 from router.store.spool import part10_header
-from tests.conftest import free_port
 from tests.forward.stow.orthanc_server import PASSWORD, USER, Orthanc
+from tests.ports import reserve_port
 from tests.tls.pki import Pki
 
 # pydicom's test files in several transfer syntaxes
@@ -217,7 +217,7 @@ async def test_password_file_is_reread_when_it_changes(
 
 @pytest.mark.asyncio
 async def test_server_down_is_retried() -> None:
-    config = StowConfig(f"http://127.0.0.1:{free_port()}/dicom-web", timeout=10.0)
+    config = StowConfig(f"http://127.0.0.1:{reserve_port()}/dicom-web", timeout=10.0)
     async with StowClient(config) as c:
         echo = await c.echo()
         out = await c.store([Part("1.2.3", b"\0" * 200)])

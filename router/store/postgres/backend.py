@@ -1,0 +1,583 @@
+"""The queue on PostgreSQL: several router nodes share one queue.
+
+Nodes that name the same database and the same storage directory (a file system every
+node mounts) are one router: any node commits instances, any node leases and delivers
+any delivery. The rows and the state machine are the SQLite queue's (see
+router/store/postgres/ops.py for what the cluster adds: node, fencing token and
+database-clock expiry on every lease); docs/cluster.md describes the deployment.
+
+The methods are those of the SQLite ``Queue`` with the same meaning, so the router's
+ingest and forward sides use either backend the same way. Differences a caller sees:
+
+- an outcome (``delivered``, ``retry``, ``failed``, ``release``) applies only to a
+  delivery this node leased and still holds: its lease's fencing token is remembered
+  here, and a lease taken over by another node after expiry records nothing;
+- the node renews the leases it holds (every third of their length, for at most
+  ``max_hold`` seconds), so a lease expires only when its node falls silent, not
+  because a send is slow;
+- ``stats()`` reports the whole cluster's numbers, refreshed every ``poll_interval``
+  (counters of commits and transactions are this node's);
+- a database that cannot be reached raises :class:`DatabaseUnavailable` (never a
+  success); the pool replaces broken connections and the next call may succeed.
+
+Durability of ``commit_instance``: a spilled data set is fsync'd, renamed into the
+spool and its directory fsync'd before the transaction; the rows (an inline data set as
+``bytea``) commit with ``synchronous_commit`` on. Only then may the ingest answer
+Success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from router.store.postgres import commands, ops
+from router.store.postgres.errors import DatabaseUnavailable
+from router.store.postgres.leases import HeldLeases
+from router.store.postgres.listen import Listener
+from router.store.postgres.schema import migrate
+from router.store.postgres.writer import BatchOutcome, CommitJob, GroupWriter, remove_all
+from router.store.queue import (
+    CommitResult,
+    Entry,
+    Filter,
+    InstanceRecord,
+    Lease,
+    QueueClosed,
+    QueueStats,
+)
+from router.store.spool import Spool, SpooledSink, StoreRequestLike
+
+__all__ = ["PgQueue", "default_node_id"]
+
+log = logging.getLogger("router.store.postgres")
+
+_EVERYTHING = Filter()
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def default_node_id() -> str:
+    """The host name, as the node's name in leases and logs."""
+    return socket.gethostname().split(".")[0] or "router"
+
+
+class PgQueue:
+    """The cluster queue of one node: start :meth:`run` in the app's task group
+    (``await tg.start(queue.run)``), then use the async methods from any task."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        storage_dir: Path,
+        *,
+        node_id: str | None = None,
+        inline_max: int = 64 * 1024,
+        max_queue_instances: int = 100_000,
+        max_batch: int = 512,
+        max_pending_jobs: int = 4096,
+        retention: float = 0.0,
+        housekeeping_interval: float = 60.0,
+        poll_interval: float = 2.0,
+        pool_size: int = 8,
+        connect_timeout: float = 10.0,
+        orphan_age: float = 86_400.0,
+        max_hold: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id if node_id is not None else default_node_id()
+        if not _NODE_ID.fullmatch(self.node_id):
+            raise ValueError(
+                f"node_id {self.node_id!r}: use letters, digits, '.', '_' or '-' (at most 63)"
+            )
+        self.conninfo = conninfo
+        self.storage_dir = Path(storage_dir)
+        self.spool = Spool(self.storage_dir, inline_max=inline_max)
+        # partial receipts per node: a node sweeps its own at start, never another's
+        self.spool.tmp_dir = self.spool.tmp_dir / self.node_id
+        self.spool.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.max_queue_instances = max_queue_instances
+        self.max_batch = max_batch
+        self.max_pending_jobs = max_pending_jobs
+        self.retention = retention
+        self.housekeeping_interval = housekeeping_interval
+        self.poll_interval = poll_interval
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.orphan_age = orphan_age
+        self.clock = clock
+        self._pool: AsyncConnectionPool[ops.Conn] | None = None
+        self._writer: GroupWriter | None = None
+        self.listener: Listener | None = None
+        self._started = False
+        self._running = False
+        self.held = HeldLeases(max_hold)
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._unrouted = 0
+        self._active = 0
+        self._committing = 0
+        self._next_due: dict[str, float] = {}
+        self._oldest: dict[str, float] = {}
+        self._events: dict[str, anyio.Event] = {}
+        self.transactions = 0
+        self.commits = 0
+
+    # -- lifecycle
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, migrate the schema, take back this node's old leases, report
+        started, then serve until cancelled."""
+        if self._started:
+            raise RuntimeError("a PgQueue runs once")
+        self._started = True
+        pool: AsyncConnectionPool[ops.Conn] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True, "connect_timeout": math.ceil(self.connect_timeout)},
+            configure=_configure,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.connect_timeout,
+            name=f"queue-{self.node_id}",
+            open=False,
+        )
+        try:
+            try:
+                await pool.open(wait=True, timeout=self.connect_timeout)
+            except PoolTimeout as e:
+                raise DatabaseUnavailable(
+                    f"cannot connect to the queue database within {self.connect_timeout:g}s: {e}"
+                ) from e
+            self._pool = pool
+            async with pool.connection() as conn:
+                applied = await migrate(conn)
+                if applied:
+                    log.info("queue schema migrated to version %d", applied[-1])
+                await _check_settings(conn)
+                async with conn.transaction():
+                    back = await ops.release_node(conn, self.node_id, self.clock())
+                if back:
+                    log.info("%d leases of this node's previous run back to pending", len(back))
+                self._apply(await commands.snapshot(conn))
+            swept = await anyio.to_thread.run_sync(self.spool.sweep_tmp)
+            if swept:
+                log.info("removed %d partial receipts from %s", swept, self.spool.tmp_dir)
+            writer = GroupWriter(
+                pool,
+                self.spool,
+                self.node_id,
+                self.clock,
+                max_batch=self.max_batch,
+                max_pending=self.max_pending_jobs,
+                on_batch=self._batch_done,
+            )
+            self.listener = Listener(self.conninfo, self._work_now, self._wake_all)
+            async with anyio.create_task_group() as tg:
+                await tg.start(writer.run)
+                self._writer = writer
+                await tg.start(self.listener.run)
+                tg.start_soon(self._poll_loop)
+                tg.start_soon(self._renew_loop)
+                if self.retention > 0 and math.isfinite(self.housekeeping_interval):
+                    tg.start_soon(self._housekeeping_loop)
+                self._running = True
+                tg.start_soon(self._sweep_at_start)
+                task_status.started()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    self._running = False
+        finally:
+            self._running = False
+            self._pool = None
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, durable: bool = True) -> AsyncIterator[ops.Conn]:
+        """A pooled connection inside a transaction. ``durable=False`` for leases and
+        delivered/released outcomes: lost by a database crash, they only cause a resend
+        (at least once), as in the SQLite queue."""
+        pool = self._pool
+        if not self._running or pool is None:
+            raise QueueClosed("the queue is not running")
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                if not durable:
+                    await conn.execute(b"SET LOCAL synchronous_commit = off")
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            raise DatabaseUnavailable(f"the queue database is unavailable: {e}") from e
+
+    async def _remove_data(self, removed: ops.Removed) -> None:
+        spooled = [ident for ident, sp in removed if sp]
+        if spooled:
+            await anyio.to_thread.run_sync(remove_all, self.spool, spooled)
+
+    # -- ingest side
+
+    def new_sink(self, req: StoreRequestLike) -> SpooledSink:
+        return self.spool.new_sink(req)
+
+    def is_full(self) -> bool:
+        """True when no more instances should be accepted (answer A700); the cluster's
+        instances not done, as of the last poll, plus this node's commits in flight."""
+        return self._active + self._committing >= self.max_queue_instances
+
+    async def commit_instance(
+        self, record: InstanceRecord, sink: SpooledSink, destinations: Sequence[str]
+    ) -> str:
+        """Make the instance durable with one delivery per destination; return its id
+        (see the module docstring). Raises QueueClosed, DatabaseUnavailable (then nothing
+        is committed, or for CommitUncertain perhaps: never acknowledge) or the error of
+        the transaction."""
+        return (await self.commit(record, sink, destinations)).id
+
+    async def commit(
+        self, record: InstanceRecord, sink: SpooledSink, destinations: Sequence[str]
+    ) -> CommitResult:
+        """:meth:`commit_instance`, telling what was queued and what was dropped as an
+        identical duplicate (only when ``record.digest`` is given)."""
+        writer = self._writer
+        if not self._running or writer is None:
+            raise QueueClosed("the queue is not running")
+        if sink.aborted:
+            raise ValueError("cannot commit an aborted sink")
+        self._committing += 1
+        try:
+            with anyio.CancelScope(shield=True):
+                if sink.spilled:
+                    try:
+                        await anyio.to_thread.run_sync(self.spool.install, sink)
+                    except BaseException:
+                        sink.abort()
+                        self.spool.remove(sink.id)
+                        raise
+                else:
+                    sink.close()
+                job = CommitJob(sink.id, record, sink, tuple(destinations))
+                try:
+                    result = await writer.submit(job)
+                except QueueClosed:
+                    self.spool.remove(sink.id)
+                    raise
+        finally:
+            self._committing -= 1
+        return result
+
+    def _batch_done(self, outcome: BatchOutcome) -> None:
+        if outcome.committed or outcome.woken:
+            self.transactions += 1
+        self.commits += outcome.committed
+        self._active += outcome.committed
+        for dest in outcome.woken:
+            self._work_now(dest)
+
+    # -- forward side
+
+    async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Lease]:
+        """Up to ``limit`` due deliveries for ``destination`` (oldest due first), leased to
+        this node until the database's now() + ``lease_seconds``; each attempt is counted
+        here. Leases of any node that expired are taken over."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        async with self._tx(durable=False) as conn:
+            got = await ops.lease(
+                conn, self.spool, destination, limit, lease_seconds, self.node_id, now
+            )
+            nxt = await ops.next_due(conn, destination) if len(got) < limit else None
+        if len(got) < limit:
+            self._set_due(destination, nxt)
+        since = anyio.current_time()
+        for lease, token in got:
+            self.held.add(lease.delivery_id, token, lease_seconds, since)
+        return [lease for lease, _ in got]
+
+    async def renew_leases(self) -> int:
+        """Extend every lease this node holds (for at most ``max_hold`` seconds from its
+        start) to the database's now() + its length: a live node keeps its deliveries
+        however long a send takes; a silent one loses them after one lease. Leases found
+        taken over are forgotten (their outcomes would record nothing). Returns the
+        number renewed."""
+        items = self.held.renewable(anyio.current_time())
+        if not items:
+            return 0
+        async with self._tx(durable=False) as conn:
+            renewed = await ops.renew(conn, items)
+        lost = self.held.lost(items, renewed)
+        if lost:
+            log.warning("%d leases of this node were taken over by another node", len(lost))
+            self.held.forget(lost)
+        return len(renewed)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.held.renew_interval())
+            try:
+                await self.renew_leases()
+            except (DatabaseUnavailable, psycopg.Error) as e:
+                log.warning("renewing leases failed: %s", e)
+
+    async def delivered(self, ids: Sequence[int], status: int = 0x0000) -> int:
+        """Leased deliveries were delivered; instances whose deliveries are all
+        delivered are done. Returns rows changed (fenced-off ones are not)."""
+        held = self.held.tokens(ids)
+        if not held:
+            return 0
+        async with self._tx(durable=False) as conn:
+            n, removed = await ops.delivered(conn, held, status, self.clock(), self.retention)
+        self.held.forget([i for i, _ in held])
+        await self._remove_data(removed)
+        return n
+
+    async def retry(
+        self, id: int, due_at: float, status: int | None = None, error: str | None = None
+    ) -> bool:
+        """A leased delivery goes back to pending, due at ``due_at`` (clock time)."""
+        token = self.held.token(id)
+        if token is None:
+            return False
+        now = self.clock()
+        async with self._tx() as conn:
+            dest = await ops.reschedule(conn, id, token, due_at, status, error, now)
+            if dest is not None and due_at <= now:
+                await ops.notify(conn, [dest])
+        self.held.forget([id])
+        if dest is None:
+            return False
+        self._set_due(dest, min(due_at, self._next_due.get(dest, math.inf)))
+        self._notify(dest)
+        return True
+
+    async def failed(self, id: int, status: int | None = None, error: str | None = None) -> bool:
+        """A leased delivery becomes a dead letter (its data is kept for a replay)."""
+        token = self.held.token(id)
+        if token is None:
+            return False
+        async with self._tx() as conn:
+            ok = await ops.fail(conn, id, token, status, error, self.clock())
+        self.held.forget([id])
+        return ok
+
+    async def release(self, ids: Sequence[int]) -> int:
+        """Leased deliveries that were not attempted go back to pending (the attempt is
+        not counted), e.g. when a worker stops with part of its batch unsent."""
+        held = self.held.tokens(ids)
+        if not held:
+            return 0
+        async with self._tx(durable=False) as conn:
+            dests = await ops.release(conn, held, self.clock())
+            await ops.notify(conn, dests)
+        self.held.forget([i for i, _ in held])
+        for dest in set(dests):
+            self._work_now(dest)
+        return len(dests)
+
+    def next_due(self, destination: str) -> float | None:
+        """Clock time of the earliest pending delivery for ``destination``, or None (as
+        known to this node: its own changes, notifications and the last poll)."""
+        return self._next_due.get(destination)
+
+    async def wait_for_work(self, destination: str, timeout: float | None = None) -> bool:
+        """Return True as soon as work may be available for ``destination`` (a
+        notification, a poll that found work due or leases expired, the earliest due
+        time reached); False when ``timeout`` seconds passed first. Spurious wake-ups
+        are possible: lease() may then return nothing."""
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            due = self._next_due.get(destination)
+            now = self.clock()
+            if due is not None and due <= now:
+                return True
+            remaining = math.inf if deadline is None else deadline - anyio.current_time()
+            if remaining <= 0:
+                return False
+            wait = remaining if due is None else min(remaining, due - now)
+            ev = self._events.get(destination)
+            if ev is None:
+                ev = self._events[destination] = anyio.Event()
+            with anyio.move_on_after(wait):
+                await ev.wait()
+                return True
+
+    def wake(self, destination: str) -> None:
+        """Wake whoever waits for work of ``destination``."""
+        self._notify(destination)
+
+    def _notify(self, dest: str) -> None:
+        ev = self._events.pop(dest, None)
+        if ev is not None:
+            ev.set()
+
+    def _work_now(self, dest: str) -> None:
+        """Work for ``dest`` is due now (a notification, a release, expired leases)."""
+        self._set_due(dest, min(self.clock(), self._next_due.get(dest, math.inf)))
+        self._notify(dest)
+
+    def _wake_all(self) -> None:
+        """After the listener (re)connected: notifications may have been lost."""
+        for dest in list(self._events):
+            self._notify(dest)
+
+    def _set_due(self, dest: str, due: float | None) -> None:
+        if due is None:
+            self._next_due.pop(dest, None)
+        else:
+            self._next_due[dest] = due
+
+    # -- the cluster's numbers
+
+    async def refresh(self) -> None:
+        """Read the cluster's counts and minima now; wake destinations with work."""
+        async with self._tx(durable=False) as conn:
+            snap = await commands.snapshot(conn)
+        self._apply(snap)
+
+    def _apply(self, snap: commands.Snapshot) -> None:
+        old_due = self._next_due
+        self._counts = snap.counts
+        self._unrouted = snap.unrouted
+        self._active = snap.active
+        self._oldest = dict(snap.oldest)
+        self._next_due = dict(snap.next_due)
+        for dest in snap.expired:
+            self._work_now(dest)
+        for dest, due in snap.next_due.items():
+            if due < old_due.get(dest, math.inf):
+                self._notify(dest)  # earlier than its waiters were told
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except (DatabaseUnavailable, psycopg.Error) as e:
+                log.warning("queue poll failed: %s", e)
+
+    def stats(self) -> QueueStats:
+        now = self.clock()
+        return QueueStats(
+            counts={k: v for k, v in self._counts.items() if v},
+            oldest_pending_age={k: max(0.0, now - v) for k, v in self._oldest.items()},
+            unrouted=self._unrouted,
+            instances=self._active,
+            committing=self._committing,
+            transactions=self.transactions,
+            commits=self.commits,
+        )
+
+    async def counts(self) -> tuple[dict[tuple[str, str], int], int, int]:
+        """(deliveries per (destination, state), unrouted, instances not done) of the
+        whole cluster, by SQL now."""
+        async with self._tx(durable=False) as conn:
+            return await commands.counts(conn)
+
+    # -- operator commands and housekeeping (on the whole cluster)
+
+    async def list_deliveries(self, f: Filter = _EVERYTHING) -> list[Entry]:
+        async with self._tx(durable=False) as conn:
+            return await commands.list_deliveries(conn, f, self.clock())
+
+    async def retry_failed(self, f: Filter = _EVERYTHING) -> int:
+        """Dead letters matching ``f`` go back to pending with attempts reset."""
+        async with self._tx() as conn:
+            dests = await commands.retry_failed(conn, f, self.clock())
+            await ops.notify(conn, dests)
+        for dest in set(dests):
+            self._work_now(dest)
+        return len(dests)
+
+    async def purge(self, f: Filter) -> int:
+        """Delete matching deliveries (and unrouted instances); an instance left with
+        none loses its data too. Returns the number of deliveries/instances deleted."""
+        async with self._tx() as conn:
+            n, removed = await commands.purge(conn, f, self.clock(), self.retention)
+        await self._remove_data(removed)
+        return n
+
+    async def housekeeping(self) -> int:
+        """Remove done instances whose retention has passed."""
+        async with self._tx() as conn:
+            removed = await ops.housekeeping(conn, self.clock(), self.retention)
+        await self._remove_data(removed)
+        return len(removed)
+
+    async def sweep_orphans(self, min_age: float = 86_400.0) -> int:
+        """Remove spool files that no row names and that are older than ``min_age``
+        seconds (file time): left by a node that died between a commit removing rows
+        and its unlink, or by a commit whose outcome was uncertain. Younger files are
+        left alone: another node may be committing the row that names them."""
+        cutoff = time.time() - min_age
+        candidates = await anyio.to_thread.run_sync(_old_spool_ids, self.spool, cutoff)
+        gone: list[str] = []
+        for i in range(0, len(candidates), 1000):
+            chunk = candidates[i : i + 1000]
+            async with self._tx(durable=False) as conn:
+                known = await ops.known_spooled(conn, chunk)
+            gone += [ident for ident in chunk if ident not in known]
+        if gone:
+            await anyio.to_thread.run_sync(remove_all, self.spool, gone)
+            log.info("removed %d spool files without queue rows", len(gone))
+        return len(gone)
+
+    async def _sweep_at_start(self) -> None:
+        try:
+            await self.sweep_orphans(self.orphan_age)
+        except (DatabaseUnavailable, psycopg.Error, OSError) as e:
+            log.warning("sweeping orphan spool files failed: %s", e)
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.housekeeping_interval)
+            try:
+                await self.housekeeping()
+            except (DatabaseUnavailable, psycopg.Error) as e:
+                log.warning("queue housekeeping failed: %s", e)
+
+
+def _old_spool_ids(spool: Spool, cutoff: float) -> list[str]:
+    old: list[str] = []
+    for ident in spool.iter_ids():
+        try:
+            if spool.path_for(ident).stat().st_mtime < cutoff:
+                old.append(ident)
+        except FileNotFoundError:
+            pass
+    return old
+
+
+async def _configure(conn: ops.Conn) -> None:
+    """Every pooled connection: commits wait for the WAL flush unless a transaction
+    says otherwise (a server default of ``off`` is overridden; ``local`` and stronger
+    settings such as ``remote_apply`` are kept)."""
+    cur = await conn.execute(b"SHOW synchronous_commit")
+    row = await cur.fetchone()
+    if row is not None and row[0] == "off":
+        await conn.execute(b"SET synchronous_commit = on")
+
+
+async def _check_settings(conn: ops.Conn) -> None:
+    cur = await conn.execute(b"SHOW fsync")
+    row = await cur.fetchone()
+    if row is not None and row[0] != "on":
+        log.error(
+            "the queue database runs with fsync=%s: acknowledged instances can be lost"
+            " in a crash of the database server; set fsync = on",
+            row[0],
+        )
