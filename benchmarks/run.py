@@ -39,9 +39,16 @@ from types import FrameType
 from benchmarks.common import TRASH, InputSet, RunResult, Settings, dumps
 from benchmarks.dicomfiles import read_meta
 from benchmarks.durable import durable_limit
+from benchmarks.orthanc_runs import orthanc_available
 from benchmarks.procs import BenchError, kill_all
 from benchmarks.router_runs import router_available
-from benchmarks.scenarios import DEFAULT_SCENARIOS, RSS_LIMIT_MIB, SCENARIOS, TARGETS
+from benchmarks.scenarios import (
+    DEFAULT_SCENARIOS,
+    ORTHANC_SCENARIOS,
+    RSS_LIMIT_MIB,
+    SCENARIOS,
+    TARGETS,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -468,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped["router"] = why
             scenarios.remove("router")
             progress(f"skipping scenario router: {why}")
+    no_orthanc = orthanc_available()
+    for name in ORTHANC_SCENARIOS:
+        if name in scenarios and no_orthanc is not None:
+            skipped[name] = no_orthanc
+            scenarios.remove(name)
+            progress(f"skipping scenario {name}: {no_orthanc}")
 
     started = dt.datetime.now().astimezone()
     git_before = _git_state()

@@ -235,6 +235,7 @@ def run_requestor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunRe
     return _run_requestor(settings, inputs, rnd, nodelay=False)
 
 
+from benchmarks.orthanc_runs import run_router_cstore_orthanc, run_router_stow  # noqa: E402
 from benchmarks.router_runs import (  # noqa: E402
     run_router,
     run_router_4senders,
@@ -253,6 +254,8 @@ SCENARIOS: dict[str, Runner] = {
     "router-ingest": run_router_ingest,
     "acceptor-nagle": run_acceptor_nagle,
     "requestor-nagle": run_requestor_nagle,
+    "router-stow": run_router_stow,
+    "router-cstore-orthanc": run_router_cstore_orthanc,
 }
 DEFAULT_SCENARIOS = (
     "dcmtk-pair",
@@ -264,7 +267,12 @@ DEFAULT_SCENARIOS = (
     "router-ingest",
     "acceptor-nagle",
     "requestor-nagle",
+    # skipped with the reason when Orthanc is not installed (run.py)
+    "router-stow",
+    "router-cstore-orthanc",
 )
+#: scenarios that need Orthanc (benchmarks/orthanc_runs.py)
+ORTHANC_SCENARIOS = ("router-stow", "router-cstore-orthanc")
 TARGETS: dict[str, float] = {
     "acceptor": 0.9,
     "requestor": 0.9,

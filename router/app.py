@@ -218,10 +218,7 @@ class Router:
             http=f"{cfg.http.host}:{self.http_port}" if self.http_port else "off",
             storage=str(self.storage_dir),
             rules=len(cfg.rules),
-            destinations=",".join(
-                f"{n}={d.ae_title}@{d.host}:{d.port}" for n, d in cfg.destinations.items()
-            )
-            or "-",
+            destinations=",".join(f"{n}={d.address}" for n, d in cfg.destinations.items()) or "-",
         )
 
     async def _signals(self) -> None:

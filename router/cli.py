@@ -143,7 +143,7 @@ def _print_explanation(cfg: Config, r: dict[str, Any]) -> None:
     dests = []
     for name in r["destinations"]:
         d = cfg.destinations.get(name)
-        dests.append(f"{name} ({d.ae_title}@{d.host}:{d.port})" if d else name)
+        dests.append(f"{name} ({d.address})" if d else name)
     print(f"  destinations: {', '.join(dests)}")
     for p in r.get("profiles", []):
         changes = p["changes"]
@@ -179,14 +179,11 @@ def cmd_echo(args: argparse.Namespace) -> int:
         detail, ok, rtt = anyio.run(round_trip)
     except (TransportError, OSError) as e:
         print(
-            f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): failed: {e}",
+            f"{args.destination} ({dest.address}): failed: {e}",
             file=sys.stderr,
         )
         return 1
-    print(
-        f"{args.destination} ({dest.ae_title}@{dest.host}:{dest.port}): "
-        f"{detail}, round trip {rtt * 1000:.1f} ms"
-    )
+    print(f"{args.destination} ({dest.address}): {detail}, round trip {rtt * 1000:.1f} ms")
     return 0 if ok else 1
 
 

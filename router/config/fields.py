@@ -1,5 +1,6 @@
 """Field types of the config models: each validates one kind of value (durations, sizes,
-ports, AE titles, hosts, networks, destination names, paths, transfer syntaxes) and says
+ports, AE titles, hosts, networks, destination names, paths, secret files, URLs, transfer
+syntaxes) and says
 in its error how to write it, since that message is what ``dicom-router check`` prints.
 """
 
@@ -9,6 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
@@ -27,8 +29,10 @@ __all__ = [
     "Network",
     "Port",
     "RelPath",
+    "SecretFile",
     "Size",
     "TransferSyntax",
+    "Url",
     "custom",
     "lower",
 ]
@@ -116,6 +120,43 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+def _secret_file(value: Path, info: ValidationInfo) -> Path:
+    """A file holding a secret on its first line (a token, a password): like a TLS file it
+    must exist when files are checked, and an empty one is as good as a missing one."""
+    value = _existing_file(value, info)
+    if (info.context or {}).get("check_files", False):
+        try:
+            lines = value.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise custom("file", f"cannot read the secret file {value}: {e}") from None
+        if not lines or not lines[0].strip():
+            raise custom(
+                "file", f"the secret file {value} is empty: put the secret on its first line"
+            )
+    return value
+
+
+def _url(value: object) -> str:
+    """An http:// or https:// URL without query or fragment (a DICOMweb root)."""
+    example = "write e.g. https://pacs.example/dicom-web"
+    if not isinstance(value, str) or not value.strip():
+        raise custom("url", f"{value!r} is not a URL: {example}")
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        raise custom("url", f"{text!r} is not a valid URL: {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise custom("url", f"{text!r} is not an http:// or https:// URL: {example}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise custom(
+            "url",
+            f"{text!r}: give the DICOMweb root only, without user, query or fragment: {example}",
+        )
+    return text
+
+
 def _transfer_syntax(value: object) -> str:
     """A lossless target syntax by UID, keyword (ExplicitVRLittleEndian) or name."""
     if not isinstance(value, str) or not value.strip():
@@ -141,6 +182,8 @@ DestinationName = Annotated[str, BeforeValidator(_dest_name)]
 TransferSyntax = Annotated[str, BeforeValidator(_transfer_syntax)]
 RelPath = Annotated[Path, AfterValidator(_rel_path)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+SecretFile = Annotated[Path, AfterValidator(_secret_file)]
+Url = Annotated[str, BeforeValidator(_url)]
 
 
 def lower(value: object) -> object:

@@ -47,6 +47,7 @@ _EXAMPLES: Final = {
     "path": "path: /var/lib/dicom-router",
     "host": "host: 10.1.2.3",
     "port": "port: 104",
+    "url": "url: https://pacs.example/dicom-web",
     "cert": "cert: /etc/dicom-router/tls/router.crt",
     "key": "key: /etc/dicom-router/tls/router.key",
     "until": "until: series_complete",
@@ -109,6 +110,8 @@ def _problem_from_error(err: Any, loc: Located) -> Problem:
     typ: str = err["type"]
     inp = err.get("input")
     ctx = err.get("ctx") or {}
+    if typ == "missing_field":  # a model's own check that a field is required
+        path, typ = (*path, str(ctx["field"])), "missing"
     where = _dotted(path)
     if typ == "extra_forbidden":
         key = str(path[-1])

@@ -13,6 +13,7 @@ import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from router.config.fields import (
     AETitle,
@@ -24,8 +25,10 @@ from router.config.fields import (
     Network,
     Port,
     RelPath,
+    SecretFile,
     Size,
     TransferSyntax,
+    Url,
     custom,
     lower,
 )
@@ -40,6 +43,8 @@ __all__ = [
     "ClientTLS",
     "Config",
     "Destination",
+    "DicomWeb",
+    "DicomWebAuth",
     "HoldConfig",
     "Http",
     "Listen",
@@ -209,12 +214,80 @@ class HoldConfig(_Model):
         return Hold(HoldUntil(self.until), self.quiet, self.max_wait)
 
 
-class Destination(_Model):
-    """A C-STORE SCP we forward to."""
+class DicomWebAuth(_Model):
+    """How a DICOMweb destination knows us: a bearer token, or a user name and password.
+    Secrets live in files (first line), re-read when they change."""
 
-    ae_title: AETitle
-    host: Host
-    port: Port
+    bearer_token_file: SecretFile | None = None
+    username: str | None = None
+    password_file: SecretFile | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DicomWebAuth:
+        basic = self.username is not None or self.password_file is not None
+        if self.bearer_token_file is not None and basic:
+            raise custom(
+                "auth",
+                "give either bearer_token_file or username and password_file, not both",
+            )
+        if self.bearer_token_file is None and not basic:
+            raise custom(
+                "auth",
+                "empty auth: give bearer_token_file, or username and password_file",
+            )
+        if basic and (self.username is None or self.password_file is None):
+            raise custom("auth", "'username' and 'password_file' go together: give both")
+        return self
+
+
+class DicomWeb(_Model):
+    """A DICOMweb (STOW-RS) destination: ``POST {url}/studies``."""
+
+    url: Url
+    auth: DicomWebAuth | None = None
+    tls: ClientTLS | None = None  # for an https:// url; no ``ca``: the system's trust store
+    timeout: Duration = Field(default=120.0, gt=0)  # per connect, write and read of a request
+    max_instances_per_request: int = Field(default=16, ge=1, le=1000)  # of one study
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> DicomWeb:
+        if self.tls is not None and not self.url.startswith("https:"):
+            raise custom(
+                "tls", f"tls is set but the url is not https: use https://{_rest(self.url)}"
+            )
+        return self
+
+
+def _rest(url: str) -> str:
+    return url.split("://", 1)[-1]
+
+
+# Settings of the DIMSE kind only; a DICOMweb destination that sets one is refused.
+_DIMSE_ONLY = (
+    "calling_ae_title",
+    "max_pdu_length",
+    "connect_timeout",
+    "acse_timeout",
+    "dimse_timeout",
+    "network_timeout",
+    "tls",
+)
+
+
+def _missing(name: str) -> PydanticCustomError:
+    """A required field of the DIMSE kind absent: reported like pydantic's own
+    ``missing`` (config loading adds the field to the location)."""
+    return PydanticCustomError("missing_field", "Field required", {"field": name})
+
+
+class Destination(_Model):
+    """A destination we forward to: a C-STORE SCP (``ae_title``, ``host``, ``port``) or
+    a DICOMweb server (``dicomweb``); the rest is the same for both kinds."""
+
+    ae_title: AETitle | None = None
+    host: Host | None = None
+    port: Port | None = None
+    dicomweb: DicomWeb | None = None
     max_associations: int = Field(default=1, ge=1, le=64)
     batch_size: int = Field(default=32, ge=1, le=10_000)  # instances leased per worker round
     calling_ae_title: AETitle | None = None  # None only before loading: then our ae_title
@@ -237,8 +310,49 @@ class Destination(_Model):
     idle_release: Duration = 5.0
 
     @model_validator(mode="after")
+    def _one_kind(self) -> Destination:
+        dimse = [f for f in ("ae_title", "host", "port") if getattr(self, f) is not None]
+        if self.dicomweb is not None:
+            if dimse:
+                raise custom(
+                    "kind",
+                    f"both {', '.join(dimse)} (DIMSE C-STORE) and dicomweb (STOW-RS): a "
+                    "destination is one kind; remove one (or make two destinations)",
+                )
+            extra = [f for f in _DIMSE_ONLY if f in self.model_fields_set]
+            if extra:
+                hint = " (TLS for dicomweb goes under dicomweb.tls)" if "tls" in extra else ""
+                raise custom(
+                    "kind",
+                    f"{', '.join(extra)}: only for DIMSE destinations, not dicomweb; "
+                    f"remove it{hint}",
+                )
+            return self
+        if not dimse:
+            raise custom(
+                "kind",
+                "no kind: give ae_title, host and port (DIMSE C-STORE) or a dicomweb "
+                "section with its url (STOW-RS)",
+            )
+        for name in ("ae_title", "host", "port"):
+            if getattr(self, name) is None:
+                raise _missing(name)
+        return self
+
+    @property
+    def is_dicomweb(self) -> bool:
+        return self.dicomweb is not None
+
+    @property
+    def address(self) -> str:
+        """Where it is, for people: ``AE@host:port`` or the DICOMweb url."""
+        if self.dicomweb is not None:
+            return self.dicomweb.url
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @model_validator(mode="after")
     def _idle_below_network_timeout(self) -> Destination:
-        if self.idle_release >= self.network_timeout:
+        if self.dicomweb is None and self.idle_release >= self.network_timeout:
             raise custom(
                 "idle_release",
                 f"idle_release ({self.idle_release:g}s) is not below network_timeout "

@@ -3,7 +3,8 @@ circuit breaker settings, lease and session timing, and its kind with the connec
 parameters. The one place that reads a :class:`router.config.Destination` for the
 forwarder and for ``dicom-router echo``.
 
-Pure except :func:`kind_for` (which builds the kind object) and :func:`echo`.
+Pure except :func:`kind_for` (which builds the kind object: DIMSE C-STORE, or DICOMweb
+STOW-RS for a destination with ``dicomweb``) and :func:`echo`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from router.config import Config, Destination
 from router.forward.backoff import CircuitBreaker, RetryPolicy
+from router.forward.dicomweb import DicomWebKind
 from router.forward.dimse import Connection, DimseKind, Transcoder
 from router.forward.kind import Echo, Kind
 from router.forward.profiled import SendProfile, send_profile
@@ -55,12 +57,17 @@ def breaker(dest: Destination) -> CircuitBreaker:
 
 def lease_seconds(dest: Destination) -> float:
     """How long a leased batch stays the worker's: long enough to send all of it, each
-    instance up to its DIMSE and network timeouts."""
+    instance up to its DIMSE and network timeouts (DICOMweb: its request's timeout, for
+    sending and for the answer)."""
+    if dest.dicomweb is not None:
+        return 600.0 + dest.batch_size * 2 * dest.dicomweb.timeout
     return 600.0 + dest.batch_size * (dest.dimse_timeout + dest.network_timeout)
 
 
 def connection(cfg: Config, dest: Destination, ssl_context: ssl.SSLContext | None) -> Connection:
     """The association parameters: AE titles, limits and timeouts."""
+    if dest.ae_title is None or dest.host is None or dest.port is None:
+        raise ValueError("not a DIMSE destination: it has no ae_title, host and port")
     return Connection(
         host=dest.host,
         port=dest.port,
@@ -81,10 +88,18 @@ def kind_for(
     ssl_context: ssl.SSLContext | None,
     transcoder: Transcoder | None = None,
 ) -> Kind:
-    """The destination's kind (DIMSE C-STORE; a DICOMweb destination gets its own).
+    """The destination's kind: DICOMweb STOW-RS when it has ``dicomweb`` (its TLS is
+    in that section: ``ssl_context`` is for DIMSE), else DIMSE C-STORE.
 
     Every kind is given the destination's profile and sends what it makes of each
     instance (:func:`router.forward.profiled.rewrite_lease`), never the stored bytes."""
+    if dest.dicomweb is not None:
+        return DicomWebKind.from_config(
+            dest.dicomweb,
+            transcode_to=dest.transcode_to,
+            transcoder=transcoder,
+            profile=send_profile(cfg, dest),
+        )
     return DimseKind(
         connection(cfg, dest, ssl_context),
         transcode_to=dest.transcode_to,

@@ -112,7 +112,9 @@ class QueueBackend(Protocol):
 
     async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Lease]:
         """Up to ``limit`` due deliveries (oldest due first), leased for
-        ``lease_seconds``; expired leases are leased again."""
+        ``lease_seconds``; expired leases are leased again. Each carries the instance's
+        Study Instance UID as received (None when it had none): a DICOMweb destination
+        sends one study per request."""
         ...
 
     async def delivered(self, ids: Sequence[int], status: int = 0x0000) -> int: ...

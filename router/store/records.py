@@ -120,7 +120,8 @@ class CommitResult:
 class Lease:
     """A delivery handed to a worker. Send ``source`` from ``data_offset`` (the data
     set without the Part-10 header) to ``destination``, then report an outcome with
-    ``delivery_id``. ``attempt`` is this attempt's number (1 = first)."""
+    ``delivery_id``. ``attempt`` is this attempt's number (1 = first). ``study_uid``:
+    the instance's Study Instance UID (None when it had none)."""
 
     delivery_id: int
     instance_id: str
@@ -133,6 +134,7 @@ class Lease:
     data_offset: int
     size: int
     received_at: float
+    study_uid: str | None = None
 
     @property
     def length(self) -> int:

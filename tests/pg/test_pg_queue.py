@@ -335,3 +335,13 @@ async def test_a_bad_row_in_a_batch_fails_only_its_commit(pg_dsn: str, storage: 
         listed = {e.instance_id for e in await q.list_deliveries()}
         assert listed == set(outcomes.values())
         assert set(q.spool.iter_ids()) == {v for k, v in outcomes.items() if k % 2 == 0}
+
+
+@pytest.mark.asyncio
+async def test_a_lease_carries_the_study_uid(pg_dsn: str, storage: Path) -> None:
+    """A DICOMweb destination sends one study per request: the lease says which."""
+    async with running(pg_dsn, storage) as q:
+        a = await commit(q, 100, ["web"], study="1.2.840.1", seed=1)
+        b = await commit(q, 9000, ["web"], study="1.2.840.2", seed=2)
+        leases = await q.lease("web", 10, 30)
+    assert [(x.instance_id, x.study_uid) for x in leases] == [(a, "1.2.840.1"), (b, "1.2.840.2")]

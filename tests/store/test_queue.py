@@ -504,3 +504,13 @@ def test_counters_equal_group_by(
 
     with tempfile.TemporaryDirectory() as d:
         anyio.run(scenario, Path(d))
+
+
+@pytest.mark.asyncio
+async def test_a_lease_carries_the_study_uid(backend: Backend, storage: Path) -> None:
+    """A DICOMweb destination sends one study per request: the lease says which."""
+    async with backend.running(storage, clock=Clock()) as q:
+        a = await commit(q, 100, ["web"], study="1.2.840.1", seed=1)
+        b = await commit(q, 9000, ["web"], study="1.2.840.2", seed=2)
+        leases = await q.lease("web", 10, 30)
+    assert [(x.instance_id, x.study_uid) for x in leases] == [(a, "1.2.840.1"), (b, "1.2.840.2")]

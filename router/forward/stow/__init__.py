@@ -15,6 +15,7 @@ from router.forward.stow.multipart import (
     SourceError,
     group_by_study,
     part_of,
+    part_of_segments,
 )
 from router.forward.stow.outcome import (
     InstanceResult,
@@ -41,4 +42,5 @@ __all__ = [
     "group_by_study",
     "parse_response",
     "part_of",
+    "part_of_segments",
 ]

@@ -22,7 +22,7 @@ from types import TracebackType
 import httpx
 
 from router.config import ClientTLS
-from router.forward.outcome import Outcome
+from router.forward.outcome import Outcome, TransportFailure
 from router.forward.stow.multipart import MultipartBody, Part, SourceError
 from router.forward.stow.outcome import (
     InstanceResult,
@@ -88,6 +88,7 @@ class StowConfig:
 class EchoResult:
     ok: bool
     reason: str  # "HTTP 200", or why not
+    http_status: int | None = None  # None: no response came back
 
 
 def _read_secret(path: Path) -> str:
@@ -142,6 +143,14 @@ def _unreadable(uid: str, e: SourceError) -> InstanceResult:
     return InstanceResult(uid, outcome, f"stored copy unreadable: {e}")
 
 
+def _transport_failure(exc: Exception) -> TransportFailure:
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportFailure.TIMEOUT
+    if isinstance(exc, httpx.ConnectError | ssl.SSLError):
+        return TransportFailure.CONNECT_REFUSED
+    return TransportFailure.ABORTED
+
+
 def _transport_reason(exc: Exception) -> str:
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
@@ -166,13 +175,17 @@ class StowClient:
     """One destination's HTTP client (a connection pool of ``max_connections``). Use
     as an async context manager, or call :meth:`aclose`."""
 
-    def __init__(self, config: StowConfig) -> None:
+    def __init__(self, config: StowConfig, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: the one to use (built once by the caller), else one is built
+        from ``config.tls``."""
         self.config = config
         self._auth = _FileAuth(config.auth) if config.auth is not None else None
         if self._auth is not None:
             self._auth.header()  # a missing or empty secret file is a config error now
         verify: ssl.SSLContext | bool = True
-        if config.tls is not None:
+        if ssl_context is not None:
+            verify = ssl_context
+        elif config.tls is not None:
             verify = client_context(config.tls)
         elif config.url.startswith("https:"):
             verify = client_context(ClientTLS())
@@ -228,7 +241,9 @@ class StowClient:
             return outcome
         sent = iter(outcome.results)
         merged = tuple(unreadable[i] if i in unreadable else next(sent) for i in range(len(uids)))
-        return StowOutcome(merged, outcome.http_status, outcome.destination_down, outcome.reason)
+        return StowOutcome(
+            merged, outcome.http_status, outcome.destination_down, outcome.reason, outcome.failure
+        )
 
     async def _send(self, parts: Sequence[Part]) -> StowOutcome:
         uids = [p.sop_instance_uid for p in parts]
@@ -254,13 +269,13 @@ class StowClient:
             finally:
                 await response.aclose()
         except StowConfigError as e:
-            return failed_request(uids, str(e))
+            return failed_request(uids, str(e), failure=TransportFailure.REJECTED_PERMANENT)
         except SourceError as e:  # the request was cut: nothing is known to be stored
             reason = f"stored copy unreadable while sending: {e}"
             results = tuple(InstanceResult(uid, Outcome.TRANSIENT, reason) for uid in uids)
             return StowOutcome(results, None, False, reason)
         except (httpx.HTTPError, OSError) as e:  # OSError: a TLS alert after the handshake
-            return failed_request(uids, _transport_reason(e))
+            return failed_request(uids, _transport_reason(e), failure=_transport_failure(e))
         return classify_response(response.status_code, data, uids)
 
     async def echo(self) -> EchoResult:
@@ -276,11 +291,12 @@ class StowClient:
             return EchoResult(False, str(e))
         except (httpx.HTTPError, OSError) as e:
             return EchoResult(False, _transport_reason(e))
-        if 200 <= response.status_code < 300:
-            return EchoResult(True, f"HTTP {response.status_code}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return EchoResult(True, f"HTTP {status}", status)
         text = response_text(response.content)
-        reason = f"HTTP {response.status_code}" + (f": {text}" if text else "")
-        return EchoResult(False, reason)
+        reason = f"HTTP {status}" + (f": {text}" if text else "")
+        return EchoResult(False, reason, status)
 
 
 async def _stream(body: MultipartBody) -> AsyncIterator[bytes]:

@@ -22,6 +22,9 @@ import anyio
 if TYPE_CHECKING:
     from router.store.queue import Lease
 
+#: a piece of a part: bytes, or ``(path, offset, length)`` of a file (router.dicom's)
+Segment = bytes | bytearray | memoryview | tuple[Path, int, int]
+
 __all__ = [
     "CHUNK_SIZE",
     "MultipartBody",
@@ -30,6 +33,7 @@ __all__ = [
     "group_by_study",
     "new_boundary",
     "part_of",
+    "part_of_segments",
 ]
 
 CHUNK_SIZE = 1024 * 1024  # bytes read from a spool file per step of the body
@@ -57,17 +61,26 @@ def _os_error(path: Path, e: OSError) -> SourceError:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One instance to send: ``length`` bytes of ``source`` from ``offset`` (a Part-10
-    file: the spool's file or inline bytes, or a converted copy)."""
+    """One instance to send: ``header`` then ``length`` bytes of ``source`` from
+    ``offset`` (together a Part-10 file: the spool's file or inline bytes; or a converted
+    data set behind a new file meta ``header``). With ``segments`` (see
+    :func:`part_of_segments`), the part is ``header`` then those, and ``source`` is unused."""
 
     sop_instance_uid: str
     source: bytes | Path
     offset: int = 0
     length: int | None = None  # None: to the end of the source
+    header: bytes = b""
+    segments: tuple[Segment, ...] = ()
 
     def size(self) -> int:
         """The part's byte count; raises :class:`SourceError` when the file is gone or
         too short for ``offset`` + ``length``."""
+        if self.segments:
+            return len(self.header) + sum(_segment_size(s) for s in self.segments)
+        return len(self.header) + self._source_size()
+
+    def _source_size(self) -> int:
         if isinstance(self.source, bytes):
             total = len(self.source)
         else:
@@ -87,6 +100,19 @@ class Part:
                 f"{self.length} bytes promised, {max(available, 0)} there", permanent=True
             )
         return self.length
+
+
+def _segment_size(segment: Segment) -> int:
+    if not isinstance(segment, tuple):
+        return len(segment)
+    path, offset, length = segment
+    return Part("", path, offset, length).size()
+
+
+def part_of_segments(sop_instance_uid: str, segments: Sequence[Segment]) -> Part:
+    """A part made of byte strings and ``(path, offset, length)`` ranges, in order (a
+    profile's rewritten copy: new header and elements around the stored pixel data)."""
+    return Part(sop_instance_uid, b"", segments=tuple(segments))
 
 
 def part_of(lease: Lease) -> Part:
@@ -131,9 +157,32 @@ class MultipartBody:
         return self._generate()
 
     async def _generate(self) -> AsyncIterator[bytes]:
+        """The pieces joined up to ``chunk_size``: a small instance goes in one write
+        with its part head and the boundaries, not four."""
+        held: list[bytes] = []
+        n = 0
+        async for piece in self._pieces():
+            if n + len(piece) <= self.chunk_size:
+                held.append(piece)
+                n += len(piece)
+                continue
+            if held:
+                yield b"".join(held)
+            held, n = [piece], len(piece)
+        if held:
+            yield b"".join(held)
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
         for part, size in zip(self.parts, self.sizes, strict=True):
             yield self._head
-            if isinstance(part.source, bytes):
+            if part.header:
+                yield part.header
+                size -= len(part.header)
+            if part.segments:
+                for segment in part.segments:
+                    async for chunk in self._segment(segment):
+                        yield chunk
+            elif isinstance(part.source, bytes):
                 for start in range(part.offset, part.offset + size, self.chunk_size):
                     yield part.source[start : min(start + self.chunk_size, part.offset + size)]
             else:
@@ -141,6 +190,15 @@ class MultipartBody:
                     yield chunk
             yield b"\r\n"
         yield self._tail
+
+    async def _segment(self, segment: Segment) -> AsyncIterator[bytes]:
+        if isinstance(segment, tuple):
+            async for chunk in self._read_file(*segment):
+                yield chunk
+            return
+        view = memoryview(segment)
+        for start in range(0, len(view), self.chunk_size):
+            yield bytes(view[start : start + self.chunk_size])
 
     async def _read_file(self, path: Path, offset: int, size: int) -> AsyncIterator[bytes]:
         try:

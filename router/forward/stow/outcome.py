@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.forward.outcome import Outcome, classify_status
+from router.forward.outcome import Outcome, TransportFailure, classify_status
 
 __all__ = [
     "InstanceResult",
@@ -85,6 +85,8 @@ class StowOutcome:
     http_status: int | None
     destination_down: bool
     reason: str
+    #: what went wrong when no response came back (or the request never left)
+    failure: TransportFailure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +229,16 @@ def _http_reason(status: int, body: bytes) -> str:
 
 
 def failed_request(
-    uids: Sequence[str], reason: str, *, http_status: int | None = None
+    uids: Sequence[str],
+    reason: str,
+    *,
+    http_status: int | None = None,
+    failure: TransportFailure | None = None,
 ) -> StowOutcome:
     """Every instance retried: the request failed as a whole (no response, a timeout,
     or a status that says the destination cannot take anything now)."""
     results = tuple(InstanceResult(uid, Outcome.TRANSIENT, reason) for uid in uids)
-    return StowOutcome(results, http_status, True, reason)
+    return StowOutcome(results, http_status, True, reason, failure)
 
 
 def _per_instance(uid: str, parsed: ParsedResponse, http_status: int) -> InstanceResult:

@@ -268,7 +268,7 @@ async def lease(
         " FROM picked p, instance i WHERE d.id = p.id AND i.id = d.instance_id"
         " RETURNING d.id, d.lease_token, d.attempts, i.id, i.sop_class_uid,"
         "  i.sop_instance_uid, i.transfer_syntax, i.spooled, i.data, i.data_offset, i.size,"
-        "  i.received_at, d.due_at",
+        "  i.received_at, d.due_at, i.study_uid",
         {"dest": destination, "now": now, "limit": limit, "lease": lease_seconds, "node": node_id},
     )
     rows.sort(key=lambda r: (r[12], r[0]))
@@ -289,6 +289,7 @@ async def lease(
                     data_offset=r[9],
                     size=r[10],
                     received_at=r[11],
+                    study_uid=r[13],
                 ),
                 r[1],
             )

@@ -256,7 +256,8 @@ class Core:
 
     _LEASE_COLS = (
         "d.id, d.state, d.attempts, i.id, i.sop_class_uid, i.sop_instance_uid,"
-        " i.transfer_syntax, i.spooled, i.data, i.data_offset, i.size, i.received_at"
+        " i.transfer_syntax, i.spooled, i.data, i.data_offset, i.size, i.received_at,"
+        " i.study_uid"
     )
 
     def lease(self, destination: str, limit: int, lease_seconds: float, d: Delta) -> list[Lease]:
@@ -299,6 +300,7 @@ class Core:
                     data_offset=r[9],
                     size=r[10],
                     received_at=r[11],
+                    study_uid=r[12],
                 )
             )
         return out

@@ -95,15 +95,17 @@ def _answers(url: str, auth: tuple[str, str] | None) -> bool:
         return False
 
 
-def start_orthanc(root: Path, *, users: dict[str, str] | None) -> Orthanc:
+def start_orthanc(root: Path, *, users: dict[str, str] | None, port: int | None = None) -> Orthanc:
+    """``port``: this one (a router configured before Orthanc starts), else a free one."""
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is not installed: run `make test` (Debian package orthanc)")
     plugin = dicomweb_plugin()
     auth = next(iter(users.items())) if users else None
+    wanted = port
     for _ in range(5):
-        port = unreserved_port()
+        port = wanted or unreserved_port()
         run = root / f"run-{port}"
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "router-tests",
             "StorageDirectory": str(run / "storage"),
