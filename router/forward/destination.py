@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from router.config import Config, Destination
 from router.forward.backoff import CircuitBreaker, RetryPolicy
-from router.forward.dicomweb import DicomWebKind
 from router.forward.dimse import Connection, DimseKind, Transcoder
 from router.forward.kind import Echo, Kind
 from router.forward.profiled import SendProfile, send_profile
@@ -94,6 +93,9 @@ def kind_for(
     Every kind is given the destination's profile and sends what it makes of each
     instance (:func:`router.forward.profiled.rewrite_lease`), never the stored bytes."""
     if dest.dicomweb is not None:
+        # imported here: the HTTP client costs memory in every router, DICOMweb or not
+        from router.forward.dicomweb import DicomWebKind
+
         return DicomWebKind.from_config(
             dest.dicomweb,
             transcode_to=dest.transcode_to,

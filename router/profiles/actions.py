@@ -35,7 +35,6 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.sr.codedict import codes
 
 from router.profiles.keyed import Keyed
 from router.profiles.model import Profile, SetValue, attribute_label
@@ -64,24 +63,38 @@ _DUMMY_TEXT: Final = {
 }
 _DUMMY_BYTES: Final = {"OD": 8, "OV": 8, "OF": 4, "OL": 4}
 
-#: CID 7050 codes, by option name
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded concept (code value, scheme, meaning), as the code sequences carry it."""
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+
+def _dcm(value: str, meaning: str) -> Code:
+    return Code(value, "DCM", meaning)
+
+
+#: CID 7050 codes, by option name. Written out: any import of pydicom.sr loads its SR code
+#: dictionary, about 15 MiB of memory in every router process, for these 11 codes.
 OPTION_CODES: Final = {
-    "retain_safe_private": codes.DCM.RetainSafePrivateOption,
-    "retain_uids": codes.DCM.RetainUidsOption,
-    "retain_device_identity": codes.DCM.RetainDeviceIdentityOption,
-    "retain_institution_identity": codes.DCM.RetainInstitutionIdentityOption,
-    "retain_patient_characteristics": codes.DCM.RetainPatientCharacteristicsOption,
-    "retain_longitudinal_full_dates": (
-        codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption
+    "retain_safe_private": _dcm("113111", "Retain Safe Private Option"),
+    "retain_uids": _dcm("113110", "Retain UIDs Option"),
+    "retain_device_identity": _dcm("113109", "Retain Device Identity Option"),
+    "retain_institution_identity": _dcm("113112", "Retain Institution Identity Option"),
+    "retain_patient_characteristics": _dcm("113108", "Retain Patient Characteristics Option"),
+    "retain_longitudinal_full_dates": _dcm(
+        "113106", "Retain Longitudinal Temporal Information Full Dates Option"
     ),
-    "retain_longitudinal_modified_dates": (
-        codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption
+    "retain_longitudinal_modified_dates": _dcm(
+        "113107", "Retain Longitudinal Temporal Information Modified Dates Option"
     ),
-    "clean_descriptors": codes.DCM.CleanDescriptorsOption,
-    "clean_structured_content": codes.DCM.CleanStructuredContentOption,
-    "clean_graphics": codes.DCM.CleanGraphicsOption,
+    "clean_descriptors": _dcm("113105", "Clean Descriptors Option"),
+    "clean_structured_content": _dcm("113104", "Clean Structured Content Option"),
+    "clean_graphics": _dcm("113103", "Clean Graphics Option"),
 }
-BASIC_PROFILE_CODE: Final = codes.DCM.BasicApplicationConfidentialityProfile
+BASIC_PROFILE_CODE: Final = _dcm("113100", "Basic Application Confidentiality Profile")
 #: describe() reports actions only, so any key will do
 _DESCRIBE_KEY: Final = b"placeholder key: describe() shows no values"
 
