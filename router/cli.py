@@ -243,20 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         q = qsub.add_parser(name, parents=[common], help=text, description=text)
         q.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "release":
-            q.add_argument("--destination", help="only this destination's holds")
-            q.add_argument(
-                "--study", dest="study_uid", default=None, metavar="UID", help="Study Instance UID"
-            )
-            q.add_argument(
-                "--series",
-                dest="series_uid",
-                default=None,
-                metavar="UID",
-                help="Series Instance UID",
-            )
-        elif name != "status":
-            q.add_argument("--destination", help="only this destination")
+        if name == "status":
+            continue
+        q.add_argument(
+            "--destination",
+            help="only this destination's holds" if name == "release" else "only this destination",
+        )
+        if name != "release":
             q.add_argument(
                 "--state",
                 choices=[s.value for s in State],
@@ -269,16 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="AGE",
                 help="only instances received at least this long ago (e.g. 90s, 2h, 3d)",
             )
-            q.add_argument(
-                "--study", dest="study_uid", default=None, metavar="UID", help="Study Instance UID"
-            )
-            q.add_argument(
-                "--series",
-                dest="series_uid",
-                default=None,
-                metavar="UID",
-                help="Series Instance UID",
-            )
+        q.add_argument(
+            "--study", dest="study_uid", default=None, metavar="UID", help="Study Instance UID"
+        )
+        q.add_argument(
+            "--series", dest="series_uid", default=None, metavar="UID", help="Series Instance UID"
+        )
+        if name != "release":
             q.add_argument("--limit", type=int, default=None, metavar="N", help="at most N")
         if name == "purge":
             q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
