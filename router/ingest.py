@@ -16,7 +16,6 @@ import errno
 import hashlib
 import logging
 import re
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from router.dicom import (
     StoreRequest,
     uids,
 )
+from router.header import BrokenDataSet as BrokenDataSet
+from router.header import check_structure, scan_header, wanted_tags
 from router.metrics import Metrics
 from router.store.backend import QueueBackend
 from router.store.records import CommitResult, InstanceRecord, QueueClosed
@@ -165,6 +166,12 @@ _STUDY_INSTANCE_UID = 0x0020000D
 _SERIES_INSTANCE_UID = 0x0020000E
 _SERIES_NUMBER = 0x00200011
 _INSTANCE_NUMBER = 0x00200013
+
+#: What ingest reads from a data set besides the rules' tags (identity, the queue's
+#: study, the series and instance numbers holds order by).
+INGEST_TAGS = frozenset(
+    (_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, 0x0020000E, 0x00200011, 0x00200013)
+)
 
 
 def _uid(ds: Dataset, tag: int) -> str:
@@ -327,11 +334,12 @@ class Ingest(StoreHandler):
         cfg = self._config()
         if self._free_bytes() < cfg.storage.min_free_bytes:  # it fell during receipt
             return _discard(sink, info, req, Status.OUT_OF_RESOURCES, "storage_low")
+        tags = wanted_tags(INGEST_TAGS | cfg.rules.tags)
         try:
             if sink.size > _THREAD_HEADER_ABOVE:
-                ds = await anyio.to_thread.run_sync(read_header, sink, req.transfer_syntax)
+                ds = await anyio.to_thread.run_sync(read_header, sink, req.transfer_syntax, tags)
             else:
-                ds = read_header(sink, req.transfer_syntax)
+                ds = read_header(sink, req.transfer_syntax, tags)
         except Exception as e:  # pydicom raises many kinds on hostile bytes
             return _discard(
                 sink, info, req, Status.CANNOT_UNDERSTAND, "undecodable", error=type(e).__name__
@@ -412,15 +420,23 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag == 0x7FE00010)
 
 
-def read_header(sink: SpooledSink, transfer_syntax: str) -> Dataset:
+def read_header(
+    sink: SpooledSink, transfer_syntax: str, tags: frozenset[int] | None = None
+) -> Dataset:
     """The data set without pixel data. The sink's file meta is our own, so reading
     starts at the data set with the negotiated encoding (twice as fast as dcmread).
     Raises when the data set is truncated or its element structure is broken (pydicom
-    alone silently returns what it could read of a truncated one)."""
+    alone silently returns what it could read of a truncated one). With ``tags`` (from
+    :func:`router.header.wanted_tags`), a little endian data set may come back with
+    only those of its elements (router/header.py): enough for whoever reads only them."""
     with sink.open_for_header() as fp:
         if transfer_syntax in _DEFLATED:
             return dcmread(fp, stop_before_pixels=True)
         implicit, little = _ENCODINGS.get(transfer_syntax, (False, True))
+        if tags is not None and little:
+            ds = scan_header(fp, sink.data_offset, sink.size, implicit=implicit, wanted=tags)
+            if ds is not None:
+                return ds
         check_structure(fp, sink.data_offset, sink.size, implicit=implicit, little=little)
         fp.seek(sink.data_offset)
         ds = read_dataset(
@@ -438,74 +454,3 @@ def valid_uid(uid: str) -> bool:
     """A UID as PS3.5 9.1 allows it: digits and dots, at most 64 characters (leading
     zeros in a component are tolerated: senders get them wrong and they are harmless)."""
     return 0 < len(uid) <= 64 and _UID.fullmatch(uid) is not None
-
-
-_UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
-
-
-class BrokenDataSet(InvalidDicomError):
-    """A data set whose element structure does not add up to its length."""
-
-
-def check_structure(fp: Any, start: int, end: int, *, implicit: bool, little: bool) -> None:
-    """Walk the element headers from ``start`` to ``end`` (seeking over values, so a
-    2 GB pixel data element costs one seek) and raise :class:`BrokenDataSet` when an
-    element runs past the end (truncated), a header is cut, or undefined-length
-    sequences and items do not close. Contents of undefined-length UN elements are
-    implicit VR (PS3.5 6.2.2)."""
-    e = "<" if little else ">"
-    tag_len = struct.Struct(e + "HHL")
-    short = struct.Struct(e + "HH2sH")
-    long_len = struct.Struct(e + "L")
-    stack: list[bool] = []  # open undefined-length elements and items: implicit inside?
-    pos = start
-    while pos < end:
-        if end - pos < 8:
-            raise BrokenDataSet(f"{end - pos} bytes left where an element header starts")
-        fp.seek(pos)
-        head = fp.read(8)
-        if len(head) < 8:
-            raise BrokenDataSet("data set shorter than received")
-        group, elem, length = tag_len.unpack(head)
-        pos += 8
-        if group == 0xFFFE:  # item / item delimiter / sequence delimiter
-            if elem == 0xE000:
-                if length == _UNDEFINED:
-                    stack.append(stack[-1] if stack else implicit)
-                elif length > end - pos:
-                    raise BrokenDataSet("item runs past the end of the data set")
-                else:
-                    pos += length
-            elif elem in (0xE00D, 0xE0DD):
-                if not stack:
-                    raise BrokenDataSet("delimiter without an open sequence or item")
-                stack.pop()
-            else:
-                raise BrokenDataSet(f"unknown item tag (fffe,{elem:04x})")
-            continue
-        here_implicit = stack[-1] if stack else implicit
-        vr = b"UN"
-        if not here_implicit:
-            _g, _e, vr, length = short.unpack(head)
-            if not (vr.isalpha() and vr.isupper()):
-                raise BrokenDataSet(f"element ({group:04x},{elem:04x}) has no VR: {vr!r}")
-            if vr in _LONG_VRS:
-                more = fp.read(4)
-                if len(more) < 4 or end - pos < 4:
-                    raise BrokenDataSet("element header cut short")
-                (length,) = long_len.unpack(more)
-                pos += 4
-        if length == _UNDEFINED:
-            stack.append(here_implicit or vr == b"UN")
-            continue
-        if length > end - pos:
-            raise BrokenDataSet(
-                f"element ({group:04x},{elem:04x}) of {length} bytes runs past the end"
-                f" of the data set ({end - pos} left): truncated"
-            )
-        pos += length
-    if stack:
-        raise BrokenDataSet("data set ends inside a sequence")

@@ -232,6 +232,25 @@ def echo_rsp(message_id: int, status: int = Status.SUCCESS) -> bytes:
     )
 
 
+# The usual C-STORE-RQ and -RSP (one of each per instance) are laid out directly: the
+# same bytes as encode_command, which tests/dicom/test_core.py checks.
+_US_ELEMENT = struct.Struct("<HHLH")
+_STORE_RQ_FIELD = _US_ELEMENT.pack(0, 0x0100, 2, C_STORE_RQ)
+_STORE_RSP_FIELD = _US_ELEMENT.pack(0, 0x0100, 2, C_STORE_RSP)
+_NO_DATA_SET_ELEMENT = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATA_SET)
+
+
+def _ui_element(elem: int, value: str) -> bytes:
+    raw = value.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\0"
+    return _ELEMENT.pack(0, elem, len(raw)) + raw
+
+
+def _framed(body: bytes) -> bytes:
+    return _ELEMENT.pack(0, 0, 4) + _U32.pack(len(body)) + body
+
+
 def store_rq(
     message_id: int,
     sop_class_uid: str,
@@ -240,6 +259,15 @@ def store_rq(
     move_originator_ae: str | None = None,
     move_originator_message_id: int | None = None,
 ) -> bytes:
+    if move_originator_ae is None and move_originator_message_id is None:
+        return _framed(
+            _ui_element(0x0002, str(sop_class_uid))
+            + _STORE_RQ_FIELD
+            + _US_ELEMENT.pack(0, 0x0110, 2, int(message_id))
+            + _US_ELEMENT.pack(0, 0x0700, 2, int(priority))
+            + _US_ELEMENT.pack(0, 0x0800, 2, 0x0000)
+            + _ui_element(0x1000, str(sop_instance_uid))
+        )
     return encode_command(
         AffectedSOPClassUID=sop_class_uid,
         CommandField=C_STORE_RQ,
@@ -259,6 +287,15 @@ def store_rsp(
     status: int,
     error_comment: str | None = None,
 ) -> bytes:
+    if not error_comment:
+        return _framed(
+            _ui_element(0x0002, str(sop_class_uid))
+            + _STORE_RSP_FIELD
+            + _US_ELEMENT.pack(0, 0x0120, 2, int(message_id))
+            + _NO_DATA_SET_ELEMENT
+            + _US_ELEMENT.pack(0, 0x0900, 2, int(status))
+            + _ui_element(0x1000, str(sop_instance_uid))
+        )
     return encode_command(
         AffectedSOPClassUID=sop_class_uid,
         CommandField=C_STORE_RSP,

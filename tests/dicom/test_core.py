@@ -189,6 +189,38 @@ def test_command_sets_match_pynetdicom() -> None:
 
 
 @pytest.mark.parametrize(
+    ("message_id", "sop_class", "instance", "number"),
+    [
+        (1, CT, "1.2.3", 2),
+        (65535, CT, "1.2.3.4", 0),
+        (7, "1.2.840.10008.5.1.4.1.1.4", "", 0xA700),
+        (9, CT, "1.2.3\u00e9.9", 0xC000),  # a hostile UID echoed back: replaced, padded
+    ],
+)
+def test_store_commands_laid_out_as_encode_command(
+    message_id: int, sop_class: str, instance: str, number: int
+) -> None:
+    """The direct C-STORE-RQ/-RSP layout is the generic encoder's bytes."""
+    priority = number & 3
+    assert dimse.store_rq(message_id, sop_class, instance, priority) == dimse.encode_command(
+        AffectedSOPClassUID=sop_class,
+        CommandField=0x0001,
+        MessageID=message_id,
+        Priority=priority,
+        CommandDataSetType=0x0000,
+        AffectedSOPInstanceUID=instance,
+    )
+    assert dimse.store_rsp(message_id, sop_class, instance, number) == dimse.encode_command(
+        AffectedSOPClassUID=sop_class,
+        CommandField=0x8001,
+        MessageIDBeingRespondedTo=message_id,
+        CommandDataSetType=0x0101,
+        Status=number,
+        AffectedSOPInstanceUID=instance,
+    )
+
+
+@pytest.mark.parametrize(
     "raw",
     [b"\x00\x00\x00\x01\x04\x00\x00\x00", b"\x00\x00\x00\x01\xff\x00\x00\x00ab", b"\x00\x00"],
 )

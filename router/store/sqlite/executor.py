@@ -107,9 +107,13 @@ def run_batch(core: Core, jobs: Sequence[Job[Any]]) -> BatchResult:
             for j in live:
                 j.error = e
             ok = []
-        for j, result, d in ok:
+        for j, result, _d in ok:
             j.result = result
-            total.merge(d)
+        if len(ok) == 1:  # the usual batch of one: its delta is the total
+            total = ok[0][2]
+        else:
+            for _j, _result, d in ok:
+                total.merge(d)
     # data of failed commits: nothing refers to it
     for j in jobs:
         if isinstance(j, CommitJob) and j.error is not None and j.sink.spilled:
