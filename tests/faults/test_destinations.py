@@ -73,7 +73,7 @@ def test_15_misbehaving_storescp_retried_kept_counted_then_delivered(
             bad.stop()
             good = start_storescp(tmp_path / "good", "PACS", port=port)
             try:
-                wait_for(lambda: _uids(good.files()) == _uids(files), 60, "every instance")
+                wait_for(lambda: _uids(good.complete_files()) == _uids(files), 60, "every instance")
                 wait_for(lambda: instance_count(router) == 0, 30, "every delivery to end")
             finally:
                 good.stop()

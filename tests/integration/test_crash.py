@@ -84,7 +84,7 @@ def test_kill9_mid_stream_loses_no_acknowledged_instance(tmp_path: Path, size: i
             want = {_uid(p) for p in acked}
             for dest in (pacs, ai):
                 wait_for(
-                    lambda d=dest: want <= {_uid(p) for p in d.files()},
+                    lambda d=dest: want <= {_uid(p) for p in d.complete_files()},
                     60,
                     f"every acknowledged instance at {dest.ae_title}",
                 )

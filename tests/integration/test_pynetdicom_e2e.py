@@ -189,7 +189,7 @@ def test_every_operator_routes_to_exactly_the_right_destinations(
 
             wait_for(lambda: set(pacs.received) == expected["pacs"], 30, "pacs deliveries")
             wait_for(lambda: set(archive.received) == expected["archive"], 30, "archive")
-            wait_for(lambda: {uid_of(p) for p in ai.files()} == expected["ai"], 30, "ai")
+            wait_for(lambda: {uid_of(p) for p in ai.complete_files()} == expected["ai"], 30, "ai")
             unrouted = sum(1 for ds, c in cases if not oracle(ds, c))
             assert router.metric("dicom_router_unrouted_instances_total") == unrouted
         # the bytes a pynetdicom destination got are the bytes pydicom encoded

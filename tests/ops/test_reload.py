@@ -102,7 +102,7 @@ def test_reload_good_and_bad_under_load(
             )
             wait_for(lambda: reloads("ok") >= 1, 10, "the reload adding ai")
             write_atomic(rules_file, yaml.safe_dump([{"name": "all", "forward": ["pacs", "ai"]}]))
-            wait_for(lambda: len(ai.files()) >= 5, 20, "instances routed to the new destination")
+            wait_for(lambda: len(ai.complete_files()) >= 5, 20, "instances routed to the new destination")
             ok_after_add = reloads("ok")
             assert ok_after_add == 2
 
@@ -159,7 +159,7 @@ def test_reload_good_and_bad_under_load(
 
             sent = len(load.sent)
             assert sent >= 100
-            wait_for(lambda: len(pacs.files()) >= sent, 60, f"{sent} instances at pacs")
+            wait_for(lambda: len(pacs.complete_files()) >= sent, 60, f"{sent} instances at pacs")
             assert uids(pacs.files()) == uids(load.sent)  # not one lost
             assert router.metric("dicom_router_received_instances_total") == sent
             assert router.metric("dicom_router_store_responses_total", status="0000") == sent
