@@ -24,9 +24,9 @@ Contracts every backend keeps (tests/store/test_queue.py runs them per backend):
   deliveries (False/0 otherwise).
 - An instance is done when every delivery is delivered: its data goes at once, or after
   the retention by ``housekeeping``. Dead letters (``failed``) keep their data.
-- ``stats``, ``is_full`` and ``next_due`` are cheap (no I/O: metrics call them on the
+- ``stats``, ``problem``, ``is_full`` and ``next_due`` are cheap (no I/O: metrics call them on the
   event loop); ``counts`` is a fresh count of the stored rows.
-- Every method but ``run``, ``new_sink``, ``stats``, ``next_due``, ``is_full`` and
+- Every method but ``run``, ``new_sink``, ``stats``, ``problem``, ``next_due``, ``is_full`` and
   ``wake`` raises :class:`~router.store.records.QueueClosed` when the queue is not
   running.
 """
@@ -124,6 +124,11 @@ class QueueBackend(Protocol):
     # -- metrics
 
     def stats(self) -> QueueStats: ...
+
+    def problem(self) -> str | None:
+        """Why the queue's database cannot be reached right now (for /readyz), or None.
+        Cheap (no I/O)."""
+        ...
 
     # -- operator commands (the HTTP API while the router runs)
 
