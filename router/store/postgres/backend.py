@@ -220,6 +220,7 @@ class PgQueue:
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
+                await self._sweep()  # before anything is received here
                 tg.start_soon(self._sweep_loop)
                 task_status.started()
                 try:
@@ -350,9 +351,8 @@ class PgQueue:
             got = await ops.lease(
                 conn, self.spool, destination, limit, lease_seconds, self.node_id, now
             )
-            nxt = await ops.next_due(conn, destination) if len(got) < limit else None
-        if len(got) < limit:
-            self._set_due(destination, nxt)
+            nxt = await ops.next_due(conn, destination)
+        self._set_due(destination, nxt)
         since = anyio.current_time()
         for lease, token in got:
             self.held.add(lease.delivery_id, token, lease_seconds, since)
@@ -392,6 +392,7 @@ class PgQueue:
         async with self._tx(durable=False) as conn:
             n, removed = await ops.delivered(conn, held, status, self.clock(), self.retention)
         self.held.forget([i for i, _ in held])
+        self._active = max(0, self._active - len(removed))  # until the next poll
         await self._remove_data(removed)
         return n
 
@@ -586,26 +587,30 @@ class PgQueue:
         return len(gone)
 
     async def sweep_partials(self, min_age: float = 86_400.0) -> int:
-        """Remove partial receipts of any node (``tmp/<node>/``) not written to for
+        """Remove partial receipts of the other nodes (``tmp/<node>/``) not written to for
         ``min_age`` seconds: left by a node that died mid-ingest and has not restarted
         (a node clears its own at start). A receipt in progress is written to all the
         time, so it is never that old."""
         cutoff = time.time() - min_age
-        n = await anyio.to_thread.run_sync(_sweep_old_partials, self.spool.tmp_dir.parent, cutoff)
+        n = await anyio.to_thread.run_sync(_sweep_old_partials, self.spool.tmp_dir, cutoff)
         if n:
             log.info("removed %d partial receipts left by nodes that stopped", n)
         return n
 
+    async def _sweep(self) -> None:
+        """Spool files no row names and partial receipts nobody writes to, older than
+        ``orphan_age``."""
+        try:
+            await self.sweep_orphans(self.orphan_age)
+            await self.sweep_partials(self.orphan_age)
+        except (DatabaseUnavailable, psycopg.Error, OSError) as e:
+            log.warning("sweeping orphan spool files failed: %s", e)
+
     async def _sweep_loop(self) -> None:
-        """At start and then every ``sweep_interval``: spool files no row names and
-        partial receipts nobody writes to, older than ``orphan_age``."""
+        """After the one at start, every ``sweep_interval``."""
         while True:
-            try:
-                await self.sweep_orphans(self.orphan_age)
-                await self.sweep_partials(self.orphan_age)
-            except (DatabaseUnavailable, psycopg.Error, OSError) as e:
-                log.warning("sweeping orphan spool files failed: %s", e)
             await anyio.sleep(self.sweep_interval)
+            await self._sweep()
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -620,10 +625,10 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _sweep_old_partials(tmp_root: Path, cutoff: float) -> int:
+def _sweep_old_partials(own: Path, cutoff: float) -> int:
     n = 0
-    for node_dir in tmp_root.iterdir():
-        if not node_dir.is_dir() or node_dir.is_symlink():
+    for node_dir in own.parent.iterdir():
+        if node_dir == own or not node_dir.is_dir() or node_dir.is_symlink():
             continue
         for entry in os.scandir(node_dir):
             try:
