@@ -20,9 +20,9 @@ import psycopg
 
 from router.store.admin import open_admin
 from router.store.backend import AdminBackend, QueueBackend
-from router.store.records import InstanceRecord, Lease
 from router.store.postgres import PgQueue
 from router.store.postgres.admin import PgAdmin
+from router.store.records import InstanceRecord, Lease
 from router.store.sqlite import SqliteQueue
 
 BACKENDS = ("sqlite", "postgresql")
