@@ -83,7 +83,7 @@ ae_title: {router_ae}
 listen: {{host: {host}, port: {port}, max_pdu_length: {pdu}}}
 storage: {{path: {storage}}}
 http: {{host: {host}, port: {http_port}}}
-destinations:
+{queue}destinations:
   sink:
     ae_title: {dest_ae}
     host: {host}
@@ -226,11 +226,16 @@ def _senders_done(
             raise BenchError(f"storescu exited with {scu.returncode}:\n{rd.tail('storescu')}")
 
 
-def run_router_senders(settings: Settings, inputs: InputSet, rnd: int, senders: int) -> RunResult:
+def run_router_senders(
+    settings: Settings, inputs: InputSet, rnd: int, senders: int, *, dsn: str | None = None
+) -> RunResult:
     """storescu x ``senders`` -> router -> storescp. With one sender, its verbose log
     gives a fallback latency; with several, storescp forks per association and the
-    destination gets ``max_associations: senders``."""
+    destination gets ``max_associations: senders``. ``dsn``: the queue on PostgreSQL."""
     name = "router" if senders == 1 else f"router-{senders}senders"
+    if dsn is not None:
+        name = "router-pg" if senders == 1 else f"router-pg-{senders}senders"
+    queue = "" if dsn is None else f'queue: {{backend: postgresql, dsn: "{dsn}"}}\n'
     rd = RunDir(settings, name)
     try:
         out = rd.out()
@@ -248,6 +253,7 @@ def run_router_senders(settings: Settings, inputs: InputSet, rnd: int, senders: 
                 dest_port=dest_port,
                 pdu=settings.pdu,
                 max_associations=senders,
+                queue=queue,
             )
         )
         deadline = time.monotonic() + settings.timeout
@@ -330,6 +336,26 @@ def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
 
 def run_router_4senders(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     return run_router_senders(settings, inputs, rnd, 4)
+
+
+def run_router_2senders(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    return run_router_senders(settings, inputs, rnd, 2)
+
+
+def run_router_pg(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    """``router`` with its queue on a throwaway PostgreSQL server (started for the run,
+    fsync on, unix socket)."""
+    from benchmarks.pgserver import PgServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise BenchError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    server = PgServer(bindir)
+    try:
+        server.start()
+        return run_router_senders(settings, inputs, rnd, 1, dsn=server.create_database())
+    finally:
+        server.stop()
 
 
 # --- router-ingest: storescu -> python -m router run, nothing forwarded --------------------

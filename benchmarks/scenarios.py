@@ -237,8 +237,10 @@ def run_requestor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunRe
 
 from benchmarks.router_runs import (  # noqa: E402
     run_router,
+    run_router_2senders,
     run_router_4senders,
     run_router_ingest,
+    run_router_pg,
 )
 
 Runner = Callable[[Settings, InputSet, int], RunResult]
@@ -251,6 +253,8 @@ SCENARIOS: dict[str, Runner] = {
     "requestor": run_requestor,
     "router": run_router,
     "router-ingest": run_router_ingest,
+    "router-pg": run_router_pg,
+    "router-2senders": run_router_2senders,
     "acceptor-nagle": run_acceptor_nagle,
     "requestor-nagle": run_requestor_nagle,
 }

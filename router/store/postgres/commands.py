@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.store.postgres import ops
-from router.store.records import Entry, Filter, State
+from router.store.records import Entry, Filter, QueueCounts, State, StateCount
 
 __all__ = ["Snapshot", "counts", "list_deliveries", "purge", "retry_failed", "snapshot"]
 
@@ -132,17 +132,28 @@ async def purge(conn: ops.Conn, f: Filter, now: float, retention: float) -> tupl
 # ----------------------------------------------------------------------------- counts
 
 
-async def counts(conn: ops.Conn) -> tuple[dict[tuple[str, str], int], int, int]:
-    """(deliveries per (destination, state), unrouted instances, instances not done)
-    for the whole cluster."""
-    by_state = {
-        (r[0], r[1]): int(r[2])
+async def counts(conn: ops.Conn) -> QueueCounts:
+    """Deliveries per (destination, state) with the oldest's creation, unrouted
+    instances with the oldest's receipt, and instances not done: the whole cluster's."""
+    deliveries = {
+        (r[0], State(r[1])): StateCount(int(r[2]), float(r[3]))
         for r in await ops.fetch(
-            conn, "SELECT destination, state, count(*) FROM delivery GROUP BY destination, state"
+            conn,
+            "SELECT destination, state, count(*), min(created_at) FROM delivery"
+            " GROUP BY destination, state",
         )
     }
-    unrouted, active = await _count_instances(conn)
-    return by_state, unrouted, active
+    rows = await ops.fetch(
+        conn,
+        "SELECT count(*) FILTER (WHERE unrouted), min(received_at) FILTER (WHERE unrouted),"
+        " count(*) FILTER (WHERE done_at IS NULL) FROM instance",
+    )
+    unrouted, oldest, active = rows[0]
+    return QueueCounts(
+        deliveries,
+        StateCount(int(unrouted), None if oldest is None else float(oldest)),
+        int(active),
+    )
 
 
 @dataclass(frozen=True, slots=True)

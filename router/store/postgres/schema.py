@@ -17,6 +17,8 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from router.store.records import SchemaError
+
 __all__ = ["LOCK_KEY", "MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
 
 #: Advisory lock key of the migrations (an arbitrary constant: "dicomrtr" in ASCII).
@@ -110,7 +112,7 @@ async def migrate(conn: AsyncConnection[TupleRow]) -> list[int]:
         )
         current = await schema_version(conn)
         if current > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise SchemaError(
                 f"the queue database has schema version {current}, newer than this"
                 f" router's {SCHEMA_VERSION}: upgrade the router"
             )
