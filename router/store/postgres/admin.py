@@ -18,6 +18,7 @@ from typing import TypeVar
 import anyio
 import psycopg
 
+from router.store.hold_release import Released, log_released
 from router.store.postgres import commands, ops
 from router.store.postgres.schema import SCHEMA_VERSION, schema_version
 from router.store.postgres.writer import remove_all
@@ -122,6 +123,20 @@ class PgAdmin:
         n, removed = self._run(purge)
         remove_all(spool, [ident for ident, spooled in removed if spooled])
         return n
+
+    def release_holds(self, f: Filter = Filter()) -> int:
+        """Release now the hold groups holding a delivery matching ``f``; the nodes'
+        workers are woken and send them (this one logs ``hold_released``)."""
+        self._writable()
+
+        async def release(conn: ops.Conn) -> list[Released]:
+            released = await commands.release_holds(conn, f, self.clock())
+            await ops.notify(conn, sorted({r.destination for r in released}))
+            return released
+
+        released = self._run(release)
+        log_released(released)
+        return sum(r.count for r in released)
 
     def housekeeping(self) -> int:
         spool = self._writable()

@@ -29,6 +29,7 @@ Success.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -44,7 +45,10 @@ import anyio.abc
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from router.holds import Hold
+from router.store.hold_release import Released, log_released
 from router.store.postgres import commands, ops
+from router.store.postgres import holds as pg_holds
 from router.store.postgres.errors import DatabaseUnavailable
 from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
@@ -109,6 +113,7 @@ class PgQueue:
         sweep_interval: float | None = None,
         max_hold: float = 3600.0,
         wait_at_start: bool = False,
+        holds: Mapping[str, Hold] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id if node_id is not None else default_node_id()
@@ -155,6 +160,20 @@ class PgQueue:
         self._events: dict[str, anyio.Event] = {}
         self.transactions = 0
         self.commits = 0
+        self._holds: Mapping[str, Hold] = dict(holds or {})
+        self._next_release: float | None = None
+        self._hold_wake = anyio.Event()
+        # reads of the earliest release time in flight: the earliest arrival committed
+        # here meanwhile, which the read may not have seen
+        self._release_reads: dict[int, float] = {}
+        self._read_ids = itertools.count()
+
+    def set_holds(self, holds: Mapping[str, Hold]) -> None:
+        """The hold policy per destination (those not in it are not held). Applies to
+        instances committed from now on; open groups keep their release times."""
+        self._holds = dict(holds)
+        if self._writer is not None:
+            self._writer.hold_of = self._holds
 
     # -- lifecycle
 
@@ -197,7 +216,9 @@ class PgQueue:
                     back = await ops.release_node(conn, self.node_id, self.clock())
                 if back:
                     log.info("%d leases of this node's previous run back to pending", len(back))
-                self._apply(await commands.snapshot(conn))
+                snap = await commands.snapshot(conn)
+                self._apply(snap)
+                self._next_release = snap.next_release
             swept = await anyio.to_thread.run_sync(self.spool.sweep_tmp)
             if swept:
                 log.info("removed %d partial receipts from %s", swept, self.spool.tmp_dir)
@@ -210,6 +231,7 @@ class PgQueue:
                 max_pending=self.max_pending_jobs,
                 on_batch=self._batch_done,
             )
+            writer.hold_of = self._holds
             self.listener = Listener(self.conninfo, self._work_now, self._wake_all)
             async with anyio.create_task_group() as tg:
                 await tg.start(writer.run)
@@ -217,6 +239,7 @@ class PgQueue:
                 await tg.start(self.listener.run)
                 tg.start_soon(self._poll_loop)
                 tg.start_soon(self._renew_loop)
+                tg.start_soon(self._hold_timer)
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
@@ -337,6 +360,10 @@ class PgQueue:
         self._active += outcome.committed
         for dest in outcome.woken:
             self._work_now(dest)
+        if outcome.release_at is not None:
+            for rid, at in self._release_reads.items():
+                self._release_reads[rid] = min(at, outcome.release_at)
+            self._lower_next_release(outcome.release_at)
 
     # -- forward side
 
@@ -495,10 +522,15 @@ class PgQueue:
 
     async def refresh(self) -> None:
         """Read the cluster's counts and minima now; wake destinations with work."""
-        async with self._tx(durable=False) as conn:
-            snap = await commands.snapshot(conn)
+        rid = self._begin_release_read()
+        try:
+            async with self._tx(durable=False) as conn:
+                snap = await commands.snapshot(conn)
+        finally:
+            local = self._release_reads.pop(rid)
         self._problem = None
         self._apply(snap)
+        self._set_next_release(snap.next_release, local)
 
     def _apply(self, snap: commands.Snapshot) -> None:
         old_due = self._next_due
@@ -520,6 +552,94 @@ class PgQueue:
                 await self.refresh()
             except (DatabaseUnavailable, psycopg.Error) as e:
                 log.warning("queue poll failed: %s", e)
+
+    # -- holds
+
+    def next_release(self) -> float | None:
+        """Clock time of the earliest hold release this node knows (its own arrivals,
+        releases and the last poll: another node's new group is seen within
+        ``poll_interval``), or None."""
+        return self._next_release
+
+    def _begin_release_read(self) -> int:
+        rid = next(self._read_ids)
+        self._release_reads[rid] = math.inf
+        return rid
+
+    def _lower_next_release(self, at: float) -> None:
+        if self._next_release is None or at < self._next_release:
+            self._next_release = at
+            self._hold_wake.set()
+
+    def _set_next_release(self, read: float | None, local: float) -> None:
+        """After a read of the earliest release time: it, or an arrival committed here
+        while it ran if that is earlier."""
+        at = min(math.inf if read is None else read, local)
+        before = self._next_release
+        self._next_release = None if math.isinf(at) else at
+        if self._next_release is not None and (before is None or self._next_release < before):
+            self._hold_wake.set()
+
+    async def _hold_timer(self) -> None:
+        """The one timer of holds: sleep until the earliest release time known (or an
+        earlier one is set), then release what is due. A stale minimum (the group moved
+        later, or another node released it) costs one release that finds nothing."""
+        while True:
+            at = self._next_release
+            if at is not None and at <= self.clock():
+                try:
+                    await self.release_due_holds()
+                except QueueClosed:
+                    return
+                except (DatabaseUnavailable, psycopg.Error) as e:
+                    log.warning("releasing due holds failed: %s", e)
+                    await anyio.sleep(min(1.0, self.poll_interval))
+                continue
+            self._hold_wake = anyio.Event()
+            wait = math.inf if at is None else at - self.clock()
+            with anyio.move_on_after(wait):
+                await self._hold_wake.wait()
+
+    async def _release(
+        self, fn: Callable[[ops.Conn], Awaitable[tuple[list[Released], bool]]]
+    ) -> tuple[int, bool]:
+        """Run a release in one transaction that also notifies the destinations and reads
+        the earliest release time left; then wake, log and set the timer."""
+        rid = self._begin_release_read()
+        try:
+            async with self._tx() as conn:
+                released, more = await fn(conn)
+                dests = sorted({r.destination for r in released})
+                await ops.notify(conn, dests)
+                left = await pg_holds.next_release(conn)
+        finally:
+            local = self._release_reads.pop(rid)
+        self._set_next_release(left, local)
+        for dest in dests:
+            self._work_now(dest)
+        log_released(released)
+        return sum(r.count for r in released), more
+
+    async def release_due_holds(self) -> int:
+        """Release every hold group whose release time has come, unless another node
+        is releasing it right now; the deliveries released here."""
+        now = self.clock()
+        total = 0
+        more = True
+        while more:
+            n, more = await self._release(lambda conn: pg_holds.release_due(conn, now))
+            total += n
+        return total
+
+    async def release_holds(self, f: Filter = _EVERYTHING) -> int:
+        """Release now the hold groups holding a delivery matching ``f`` (whole)."""
+        pg_holds.check_release_filter(f)
+
+        async def release(conn: ops.Conn) -> tuple[list[Released], bool]:
+            return await commands.release_holds(conn, f, self.clock()), False
+
+        n, _ = await self._release(release)
+        return n
 
     def stats(self) -> QueueStats:
         now = self.clock()
@@ -555,9 +675,16 @@ class PgQueue:
 
     async def purge(self, f: Filter) -> int:
         """Delete matching deliveries (and unrouted instances); an instance left with
-        none loses its data too. Returns the number of deliveries/instances deleted."""
-        async with self._tx() as conn:
-            n, removed = await commands.purge(conn, f, self.clock(), self.retention)
+        none loses its data too, a hold group left with none is closed. Returns the
+        number of deliveries/instances deleted."""
+        rid = self._begin_release_read()
+        try:
+            async with self._tx() as conn:
+                n, removed = await commands.purge(conn, f, self.clock(), self.retention)
+                left = await pg_holds.next_release(conn)
+        finally:
+            local = self._release_reads.pop(rid)
+        self._set_next_release(left, local)
         await self._remove_data(removed)
         return n
 
