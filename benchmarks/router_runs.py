@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -12,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -195,19 +197,23 @@ def _latency_from_files(acks: _AckTimes, inputs: InputSet, out: Path) -> tuple[f
     return qs[49], qs[98]
 
 
-def _spawn_router(settings: Settings, rd: RunDir, cfg: Path) -> subprocess.Popen[bytes]:
+def _spawn_router(
+    settings: Settings, rd: RunDir, cfg: Path, log: str = "router"
+) -> subprocess.Popen[bytes]:
     argv = [settings.python, "-m", "router", "run", "--config", str(cfg)]
-    return spawn(argv, env=py_env(), stdout=rd.log("router-out"), stderr=rd.log("router"))
+    return spawn(argv, env=py_env(), stdout=rd.log(f"{log}-out"), stderr=rd.log(log))
 
 
-def _wait_ready(router: subprocess.Popen[bytes], rd: RunDir, http_port: int) -> None:
+def _wait_ready(
+    router: subprocess.Popen[bytes], rd: RunDir, http_port: int, log: str = "router"
+) -> None:
     """Until /readyz answers 200 (the router has recovered and listens), at most 60 s."""
     ready_by = time.monotonic() + 60
     while _http_get(f"http://{HOST}:{http_port}/readyz")[0] != 200:
         if router.poll() is not None:
-            raise BenchError(f"router exited with {router.returncode}:\n{rd.tail('router')}")
+            raise BenchError(f"{log} exited with {router.returncode}:\n{rd.tail(log)}")
         if time.monotonic() > ready_by:
-            raise BenchError(f"router not ready within 60 s:\n{rd.tail('router')}")
+            raise BenchError(f"{log} not ready within 60 s:\n{rd.tail(log)}")
         time.sleep(0.05)
 
 
@@ -345,6 +351,21 @@ def run_router_2senders(settings: Settings, inputs: InputSet, rnd: int) -> RunRe
 def run_router_pg(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     """``router`` with its queue on a throwaway PostgreSQL server (started for the run,
     fsync on, unix socket)."""
+    with pg_database() as dsn:
+        return run_router_senders(settings, inputs, rnd, 1, dsn=dsn)
+
+
+def run_router_pg_2senders(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    """``router-2senders`` with the queue on PostgreSQL: one node taking what
+    ``router-2nodes`` spreads over two."""
+    with pg_database() as dsn:
+        return run_router_senders(settings, inputs, rnd, 2, dsn=dsn)
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A database on a throwaway PostgreSQL server (started for the run, fsync on, unix
+    socket, stopped at the end): its connection string."""
     from benchmarks.pgserver import PgServer, find_bindir
 
     bindir = find_bindir()
@@ -353,7 +374,7 @@ def run_router_pg(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     server = PgServer(bindir)
     try:
         server.start()
-        return run_router_senders(settings, inputs, rnd, 1, dsn=server.create_database())
+        yield server.create_database()
     finally:
         server.stop()
 

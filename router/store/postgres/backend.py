@@ -588,12 +588,18 @@ class PgQueue:
             at = self._next_release
             if at is not None and at <= self.clock():
                 try:
-                    await self.release_due_holds()
+                    n = await self.release_due_holds()
                 except QueueClosed:
                     return
                 except (DatabaseUnavailable, psycopg.Error) as e:
                     log.warning("releasing due holds failed: %s", e)
                     await anyio.sleep(min(1.0, self.poll_interval))
+                    continue
+                again = self._next_release
+                if n == 0 and again is not None and again <= self.clock():
+                    # a due group another node is releasing (its row was skipped): look
+                    # again shortly instead of spinning until that node commits
+                    await anyio.sleep(min(0.1, self.poll_interval))
                 continue
             self._hold_wake = anyio.Event()
             wait = math.inf if at is None else at - self.clock()
