@@ -29,7 +29,6 @@ Success.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -50,6 +49,7 @@ from router.store.hold_release import Released, log_released
 from router.store.postgres import commands, ops
 from router.store.postgres import holds as pg_holds
 from router.store.postgres.errors import DatabaseUnavailable
+from router.store.postgres.hold_timer import ReleaseTimer
 from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
 from router.store.postgres.schema import migrate
@@ -161,12 +161,7 @@ class PgQueue:
         self.transactions = 0
         self.commits = 0
         self._holds: Mapping[str, Hold] = dict(holds or {})
-        self._next_release: float | None = None
-        self._hold_wake = anyio.Event()
-        # reads of the earliest release time in flight: the earliest arrival committed
-        # here meanwhile, which the read may not have seen
-        self._release_reads: dict[int, float] = {}
-        self._read_ids = itertools.count()
+        self._timer = ReleaseTimer(clock, poll_interval)
 
     def set_holds(self, holds: Mapping[str, Hold]) -> None:
         """The hold policy per destination (those not in it are not held). Applies to
@@ -216,9 +211,10 @@ class PgQueue:
                     back = await ops.release_node(conn, self.node_id, self.clock())
                 if back:
                     log.info("%d leases of this node's previous run back to pending", len(back))
-                snap = await commands.snapshot(conn)
+                with self._timer.read() as reading:
+                    snap = await commands.snapshot(conn)
+                    reading.set(snap.next_release)
                 self._apply(snap)
-                self._next_release = snap.next_release
             swept = await anyio.to_thread.run_sync(self.spool.sweep_tmp)
             if swept:
                 log.info("removed %d partial receipts from %s", swept, self.spool.tmp_dir)
@@ -239,7 +235,7 @@ class PgQueue:
                 await tg.start(self.listener.run)
                 tg.start_soon(self._poll_loop)
                 tg.start_soon(self._renew_loop)
-                tg.start_soon(self._hold_timer)
+                tg.start_soon(self._timer.run, self.release_due_holds)
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
@@ -361,9 +357,7 @@ class PgQueue:
         for dest in outcome.woken:
             self._work_now(dest)
         if outcome.release_at is not None:
-            for rid, at in self._release_reads.items():
-                self._release_reads[rid] = min(at, outcome.release_at)
-            self._lower_next_release(outcome.release_at)
+            self._timer.arrived(outcome.release_at)
 
     # -- forward side
 
@@ -522,15 +516,12 @@ class PgQueue:
 
     async def refresh(self) -> None:
         """Read the cluster's counts and minima now; wake destinations with work."""
-        rid = self._begin_release_read()
-        try:
+        with self._timer.read() as reading:
             async with self._tx(durable=False) as conn:
                 snap = await commands.snapshot(conn)
-        finally:
-            local = self._release_reads.pop(rid)
+            reading.set(snap.next_release)
         self._problem = None
         self._apply(snap)
-        self._set_next_release(snap.next_release, local)
 
     def _apply(self, snap: commands.Snapshot) -> None:
         old_due = self._next_due
@@ -559,68 +550,20 @@ class PgQueue:
         """Clock time of the earliest hold release this node knows (its own arrivals,
         releases and the last poll: another node's new group is seen within
         ``poll_interval``), or None."""
-        return self._next_release
-
-    def _begin_release_read(self) -> int:
-        rid = next(self._read_ids)
-        self._release_reads[rid] = math.inf
-        return rid
-
-    def _lower_next_release(self, at: float) -> None:
-        if self._next_release is None or at < self._next_release:
-            self._next_release = at
-            self._hold_wake.set()
-
-    def _set_next_release(self, read: float | None, local: float) -> None:
-        """After a read of the earliest release time: it, or an arrival committed here
-        while it ran if that is earlier."""
-        at = min(math.inf if read is None else read, local)
-        before = self._next_release
-        self._next_release = None if math.isinf(at) else at
-        if self._next_release is not None and (before is None or self._next_release < before):
-            self._hold_wake.set()
-
-    async def _hold_timer(self) -> None:
-        """The one timer of holds: sleep until the earliest release time known (or an
-        earlier one is set), then release what is due. A stale minimum (the group moved
-        later, or another node released it) costs one release that finds nothing."""
-        while True:
-            at = self._next_release
-            if at is not None and at <= self.clock():
-                try:
-                    n = await self.release_due_holds()
-                except QueueClosed:
-                    return
-                except (DatabaseUnavailable, psycopg.Error) as e:
-                    log.warning("releasing due holds failed: %s", e)
-                    await anyio.sleep(min(1.0, self.poll_interval))
-                    continue
-                again = self._next_release
-                if n == 0 and again is not None and again <= self.clock():
-                    # a due group another node is releasing (its row was skipped): look
-                    # again shortly instead of spinning until that node commits
-                    await anyio.sleep(min(0.1, self.poll_interval))
-                continue
-            self._hold_wake = anyio.Event()
-            wait = math.inf if at is None else at - self.clock()
-            with anyio.move_on_after(wait):
-                await self._hold_wake.wait()
+        return self._timer.at
 
     async def _release(
         self, fn: Callable[[ops.Conn], Awaitable[tuple[list[Released], bool]]]
     ) -> tuple[int, bool]:
         """Run a release in one transaction that also notifies the destinations and reads
         the earliest release time left; then wake, log and set the timer."""
-        rid = self._begin_release_read()
-        try:
+        with self._timer.read() as reading:
             async with self._tx() as conn:
                 released, more = await fn(conn)
                 dests = sorted({r.destination for r in released})
                 await ops.notify(conn, dests)
                 left = await pg_holds.next_release(conn)
-        finally:
-            local = self._release_reads.pop(rid)
-        self._set_next_release(left, local)
+            reading.set(left)
         for dest in dests:
             self._work_now(dest)
         log_released(released)
@@ -683,14 +626,11 @@ class PgQueue:
         """Delete matching deliveries (and unrouted instances); an instance left with
         none loses its data too, a hold group left with none is closed. Returns the
         number of deliveries/instances deleted."""
-        rid = self._begin_release_read()
-        try:
+        with self._timer.read() as reading:
             async with self._tx() as conn:
                 n, removed = await commands.purge(conn, f, self.clock(), self.retention)
                 left = await pg_holds.next_release(conn)
-        finally:
-            local = self._release_reads.pop(rid)
-        self._set_next_release(left, local)
+            reading.set(left)
         await self._remove_data(removed)
         return n
 
