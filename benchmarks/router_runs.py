@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -12,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -83,7 +85,7 @@ ae_title: {router_ae}
 listen: {{host: {host}, port: {port}, max_pdu_length: {pdu}}}
 storage: {{path: {storage}}}
 http: {{host: {host}, port: {http_port}}}
-destinations:
+{queue}destinations:
   sink:
     ae_title: {dest_ae}
     host: {host}
@@ -195,19 +197,23 @@ def _latency_from_files(acks: _AckTimes, inputs: InputSet, out: Path) -> tuple[f
     return qs[49], qs[98]
 
 
-def _spawn_router(settings: Settings, rd: RunDir, cfg: Path) -> subprocess.Popen[bytes]:
+def _spawn_router(
+    settings: Settings, rd: RunDir, cfg: Path, log: str = "router"
+) -> subprocess.Popen[bytes]:
     argv = [settings.python, "-m", "router", "run", "--config", str(cfg)]
-    return spawn(argv, env=py_env(), stdout=rd.log("router-out"), stderr=rd.log("router"))
+    return spawn(argv, env=py_env(), stdout=rd.log(f"{log}-out"), stderr=rd.log(log))
 
 
-def _wait_ready(router: subprocess.Popen[bytes], rd: RunDir, http_port: int) -> None:
+def _wait_ready(
+    router: subprocess.Popen[bytes], rd: RunDir, http_port: int, log: str = "router"
+) -> None:
     """Until /readyz answers 200 (the router has recovered and listens), at most 60 s."""
     ready_by = time.monotonic() + 60
     while _http_get(f"http://{HOST}:{http_port}/readyz")[0] != 200:
         if router.poll() is not None:
-            raise BenchError(f"router exited with {router.returncode}:\n{rd.tail('router')}")
+            raise BenchError(f"{log} exited with {router.returncode}:\n{rd.tail(log)}")
         if time.monotonic() > ready_by:
-            raise BenchError(f"router not ready within 60 s:\n{rd.tail('router')}")
+            raise BenchError(f"{log} not ready within 60 s:\n{rd.tail(log)}")
         time.sleep(0.05)
 
 
@@ -226,11 +232,16 @@ def _senders_done(
             raise BenchError(f"storescu exited with {scu.returncode}:\n{rd.tail('storescu')}")
 
 
-def run_router_senders(settings: Settings, inputs: InputSet, rnd: int, senders: int) -> RunResult:
+def run_router_senders(
+    settings: Settings, inputs: InputSet, rnd: int, senders: int, *, dsn: str | None = None
+) -> RunResult:
     """storescu x ``senders`` -> router -> storescp. With one sender, its verbose log
     gives a fallback latency; with several, storescp forks per association and the
-    destination gets ``max_associations: senders``."""
+    destination gets ``max_associations: senders``. ``dsn``: the queue on PostgreSQL."""
     name = "router" if senders == 1 else f"router-{senders}senders"
+    if dsn is not None:
+        name = "router-pg" if senders == 1 else f"router-pg-{senders}senders"
+    queue = "" if dsn is None else f'queue: {{backend: postgresql, dsn: "{dsn}"}}\n'
     rd = RunDir(settings, name)
     try:
         out = rd.out()
@@ -248,6 +259,7 @@ def run_router_senders(settings: Settings, inputs: InputSet, rnd: int, senders: 
                 dest_port=dest_port,
                 pdu=settings.pdu,
                 max_associations=senders,
+                queue=queue,
             )
         )
         deadline = time.monotonic() + settings.timeout
@@ -330,6 +342,41 @@ def run_router(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
 
 def run_router_4senders(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     return run_router_senders(settings, inputs, rnd, 4)
+
+
+def run_router_2senders(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    return run_router_senders(settings, inputs, rnd, 2)
+
+
+def run_router_pg(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    """``router`` with its queue on a throwaway PostgreSQL server (started for the run,
+    fsync on, unix socket)."""
+    with pg_database() as dsn:
+        return run_router_senders(settings, inputs, rnd, 1, dsn=dsn)
+
+
+def run_router_pg_2senders(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
+    """``router-2senders`` with the queue on PostgreSQL: one node taking what
+    ``router-2nodes`` spreads over two."""
+    with pg_database() as dsn:
+        return run_router_senders(settings, inputs, rnd, 2, dsn=dsn)
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A database on a throwaway PostgreSQL server (started for the run, fsync on, unix
+    socket, stopped at the end): its connection string."""
+    from benchmarks.pgserver import PgServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise BenchError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server.create_database()
+    finally:
+        server.stop()
 
 
 # --- router-ingest: storescu -> python -m router run, nothing forwarded --------------------

@@ -235,11 +235,15 @@ def run_requestor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunRe
     return _run_requestor(settings, inputs, rnd, nodelay=False)
 
 
+from benchmarks.cluster_runs import run_router_2nodes  # noqa: E402
 from benchmarks.orthanc_runs import run_router_cstore_orthanc, run_router_stow  # noqa: E402
 from benchmarks.router_runs import (  # noqa: E402
     run_router,
+    run_router_2senders,
     run_router_4senders,
     run_router_ingest,
+    run_router_pg,
+    run_router_pg_2senders,
 )
 
 Runner = Callable[[Settings, InputSet, int], RunResult]
@@ -252,6 +256,10 @@ SCENARIOS: dict[str, Runner] = {
     "requestor": run_requestor,
     "router": run_router,
     "router-ingest": run_router_ingest,
+    "router-pg": run_router_pg,
+    "router-2senders": run_router_2senders,
+    "router-pg-2senders": run_router_pg_2senders,
+    "router-2nodes": run_router_2nodes,
     "acceptor-nagle": run_acceptor_nagle,
     "requestor-nagle": run_requestor_nagle,
     "router-stow": run_router_stow,

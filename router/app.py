@@ -40,7 +40,8 @@ from router.reload import (
     watched_paths,
 )
 from router.store.backend import QueueBackend
-from router.store.queue import Queue
+from router.store.records import StoreError
+from router.store.sqlite import SqliteQueue
 from router.tls import server_context
 
 log = logging.getLogger("router.app")
@@ -55,6 +56,49 @@ def _watch_interval() -> float:
         return float(os.environ.get("DICOM_ROUTER_WATCH_INTERVAL", WATCH_INTERVAL))
     except ValueError:
         return WATCH_INTERVAL
+
+
+#: Environment variable: seconds after which a spool file no row names, or a partial
+#: receipt nobody writes to, is removed on a cluster node (default a day). For tests.
+ENV_ORPHAN_GRACE = "DICOM_ROUTER_ORPHAN_GRACE"
+ORPHAN_GRACE = 86_400.0
+
+
+def _orphan_grace() -> float:
+    try:
+        return float(os.environ.get(ENV_ORPHAN_GRACE, ORPHAN_GRACE))
+    except ValueError:
+        return ORPHAN_GRACE
+
+
+def build_queue(config: Config) -> QueueBackend:
+    """The queue the config names: SQLite in ``storage.path``, or the PostgreSQL queue
+    shared by the cluster's nodes (files still in ``storage.path``, a shared volume).
+    StoreError when the DSN cannot be read or parsed."""
+    storage = config.storage
+    if config.queue.backend == "postgresql":
+        from router.store.postgres import PgQueue, check_conninfo
+
+        try:
+            conninfo = check_conninfo(config.queue.conninfo())
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        return PgQueue(
+            conninfo,
+            Path(storage.path),
+            node_id=config.node_id,
+            inline_max=storage.inline_max_bytes,
+            max_queue_instances=storage.max_queue_instances,
+            retention=storage.retention,
+            orphan_age=_orphan_grace(),
+            wait_at_start=True,
+        )
+    return SqliteQueue(
+        Path(storage.path),
+        inline_max=storage.inline_max_bytes,
+        max_queue_instances=storage.max_queue_instances,
+        retention=storage.retention,
+    )
 
 
 def acceptor_config(cfg: Config, *, tls: bool = True) -> AcceptorConfig:
@@ -91,12 +135,7 @@ class Router:
         self.storage_dir = Path(storage.path)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(version=__version__)
-        self.queue: QueueBackend = Queue(
-            self.storage_dir,
-            inline_max=storage.inline_max_bytes,
-            max_queue_instances=storage.max_queue_instances,
-            retention=storage.retention,
-        )
+        self.queue: QueueBackend = build_queue(config)
         self.queue.set_holds(config.holds)
         self.ingest = Ingest(lambda: self.config, self.queue, self.metrics, self.free_bytes)
         self.acceptor = Acceptor(acceptor_config(config), self.ingest)
@@ -148,6 +187,9 @@ class Router:
             problems.append("the DICOM listener is not accepting associations")
         if not self._queue_running:
             problems.append("the queue database is not open")
+        unreachable = self.queue.problem()
+        if unreachable is not None:
+            problems.append(f"the queue database is unreachable: {unreachable}")
         if not os.access(self.storage_dir, os.W_OK):
             problems.append(f"storage {self.storage_dir} is not writable")
         elif self.free_bytes() < self.config.storage.min_free_bytes:
@@ -163,10 +205,12 @@ class Router:
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(self.queue.run)
-            self._queue_running = True
+            # HTTP first: /readyz answers (503, with the reason) while the queue opens,
+            # e.g. while a cluster node waits for its database
             if self.config.http.enabled:
                 self.http_port = await tg.start(self.http.serve)
+            await tg.start(self.queue.run)
+            self._queue_running = True
             await tg.start(self.forwarder.run)
             self.dicom_port = await tg.start(self.acceptor.serve)
             tg.start_soon(self._signals)
@@ -212,7 +256,9 @@ class Router:
             logging.INFO,
             "started",
             version=__version__,
+            node=cfg.node_id,
             ae_title=cfg.ae_title,
+            queue=cfg.queue.backend,
             dicom=f"{cfg.listen.host}:{self.dicom_port}",
             tls=cfg.listen.tls is not None,
             http=f"{cfg.http.host}:{self.http_port}" if self.http_port else "off",
@@ -326,12 +372,12 @@ class _MetricsSettings:
 class _LoggingSettings:
     def reconfigure(self, old: Config, new: Config) -> None:
         if new.logging != old.logging:
-            logs.setup(new.logging.format, new.logging.level)
+            logs.setup(new.logging.format, new.logging.level, new.node_id)
 
 
 async def serve(config_path: Path) -> int:
     config = load_config(config_path)
-    logs.setup(config.logging.format, config.logging.level)
+    logs.setup(config.logging.format, config.logging.level, config.node_id)
     router = Router(config_path, config)
     await router.run()
     return 0

@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    logs.setup(cfg.logging.format, cfg.logging.level)
+    logs.setup(cfg.logging.format, cfg.logging.level, cfg.node_id)
     try:
         router = Router(args.config, cfg)
         anyio.run(router.run)

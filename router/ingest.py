@@ -42,7 +42,7 @@ from router.header import BrokenDataSet as BrokenDataSet
 from router.header import check_structure, scan_header, wanted_tags
 from router.metrics import Metrics
 from router.store.backend import QueueBackend
-from router.store.records import CommitResult, InstanceRecord, QueueClosed
+from router.store.records import CommitResult, InstanceRecord, QueueClosed, QueueUnavailable
 from router.store.spool import SpooledSink
 
 log = logging.getLogger("router.ingest")
@@ -383,6 +383,18 @@ class Ingest(StoreHandler):
             result = await self._queue.commit(record, sink, route.destinations)
         except QueueClosed:
             sink.abort()
+            return Status.OUT_OF_RESOURCES
+        except QueueUnavailable as e:
+            # not committed (or not known to be): never Success; the sender retries
+            sink.abort()
+            logs.event(
+                log,
+                logging.ERROR,
+                "store_failed",
+                assoc=info.id,
+                sop_instance_uid=req.sop_instance_uid,
+                error=str(e),
+            )
             return Status.OUT_OF_RESOURCES
         except OSError as e:
             sink.abort()

@@ -4,6 +4,11 @@ Callers log an event name plus key=value fields (``log.info("stored", extra=fiel
 or the ``event`` helper). Fields are whatever the caller passes, so the rule that no
 patient name or ID is ever logged is kept at the call sites: they pass UIDs, AE titles,
 router ids, sizes and statuses, never data set values.
+
+``node``: the node's id (``node_id``). In the JSON and logfmt formats, the ones collected
+from every node of a cluster into one place, each line carries it (right after
+``logger``); the human format, read on one node's terminal, shows it on the ``started``
+line only, which passes it as a field.
 """
 
 from __future__ import annotations
@@ -60,14 +65,24 @@ def _level(record: logging.LogRecord) -> str:
     return low
 
 
-class JsonFormatter(logging.Formatter):
+class _NodeFormatter(logging.Formatter):
+    """A formatter that knows the node's id (None: not named)."""
+
+    def __init__(self, node: str | None = None) -> None:
+        super().__init__()
+        self.node = node
+
+
+class JsonFormatter(_NodeFormatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": _timestamp(record),
             "level": _level(record),
             "logger": record.name,
-            "event": record.getMessage(),
         }
+        if self.node is not None:
+            out["node"] = self.node
+        out["event"] = record.getMessage()
         out.update(_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -86,21 +101,26 @@ def _logfmt_value(value: Any) -> str:
     return s
 
 
-class LogfmtFormatter(logging.Formatter):
+class LogfmtFormatter(_NodeFormatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = [
             f"ts={_timestamp(record)}",
             f"level={_level(record)}",
             f"logger={record.name}",
-            f"event={_logfmt_value(record.getMessage())}",
         ]
-        parts += [f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items()]
+        fields = _fields(record)
+        if self.node is not None:
+            parts.append(f"node={_logfmt_value(self.node)}")
+            if "node" in fields:  # the node's own id already leads the line
+                fields = {k: v for k, v in fields.items() if k != "node"}
+        parts.append(f"event={_logfmt_value(record.getMessage())}")
+        parts += [f"{k}={_logfmt_value(v)}" for k, v in fields.items()]
         if record.exc_info:
             parts.append(f"exc={_logfmt_value(self.formatException(record.exc_info))}")
         return " ".join(parts)
 
 
-class HumanFormatter(logging.Formatter):
+class HumanFormatter(_NodeFormatter):
     def format(self, record: logging.LogRecord) -> str:
         clock = time.strftime("%H:%M:%S", time.localtime(record.created))
         extra = " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
@@ -112,17 +132,18 @@ class HumanFormatter(logging.Formatter):
         return line
 
 
-FORMATTERS: dict[str, type[logging.Formatter]] = {
+FORMATTERS: dict[str, type[_NodeFormatter]] = {
     "json": JsonFormatter,
     "logfmt": LogfmtFormatter,
     "human": HumanFormatter,
 }
 
 
-def setup(fmt: str = "human", level: str = "INFO") -> None:
-    """Route every ``router.*`` logger to stderr in the chosen format."""
+def setup(fmt: str = "human", level: str = "INFO", node: str | None = None) -> None:
+    """Route every ``router.*`` logger to stderr in the chosen format; ``node``: the
+    node's id, on every line of the machine formats."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(FORMATTERS.get(fmt, HumanFormatter)())
+    handler.setFormatter(FORMATTERS.get(fmt, HumanFormatter)(node))
     root = logging.getLogger("router")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -6,7 +6,8 @@ router answers there, the queue's standalone administration (:mod:`router.store.
 serves them: ``status`` and ``list`` read (safe next to a router writing), ``retry``,
 ``purge`` and ``release`` take the storage lock and change it directly; a router that
 runs without its HTTP server keeps that lock, and then they refuse with a message saying
-so.
+so. On a cluster (``queue.backend: postgresql``) the administration acts on the whole
+cluster's database, next to the nodes that run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from urllib.parse import urlencode
 
 from router import ops
 from router.config import Config
-from router.store.admin import has_queue, open_admin, read_counts, read_deliveries
+from router.store.admin import (
+    conninfo_of,
+    has_queue,
+    open_admin_for,
+    read_counts,
+    read_deliveries,
+)
 from router.store.backend import AdminBackend
 from router.store.records import Filter, RouterRunning, State, StoreError
 
@@ -112,9 +119,13 @@ def status(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
         report = api.get("/api/queue/status")
         source = f"the running router ({api.base})"
     else:
-        counts = read_counts(Path(cfg.storage.path))
+        conninfo = conninfo_of(cfg)
+        counts = read_counts(Path(cfg.storage.path), conninfo=conninfo)
         report = {"source": "database", **ops.status_report(counts, cfg.destinations)}
-        source = f"the database in {cfg.storage.path} (no router answers on its HTTP port)"
+        if conninfo is None:
+            source = f"the database in {cfg.storage.path} (no router answers on its HTTP port)"
+        else:
+            source = "the cluster's database (no router answers on this node's HTTP port)"
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -129,7 +140,7 @@ def list_(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
         answer = api.get("/api/queue/deliveries", ops.filter_params(f))
         entries = [ops.entry_from_json(d) for d in answer["deliveries"]]
     else:
-        entries = read_deliveries(Path(cfg.storage.path), f)
+        entries = read_deliveries(Path(cfg.storage.path), f, conninfo=conninfo_of(cfg))
     if args.json:
         print(json.dumps([ops.entry_json(e) for e in entries], indent=2))
         return 0
@@ -143,7 +154,7 @@ def list_(cfg: Config, args: argparse.Namespace, api: RouterApi | None) -> int:
 
 
 def _admin(cfg: Config) -> AdminBackend:
-    return open_admin(Path(cfg.storage.path), write=True, retention=cfg.storage.retention)
+    return open_admin_for(cfg, write=True)
 
 
 def _running_without_api(cfg: Config) -> CommandError:
@@ -219,7 +230,7 @@ ACTIONS = {"status": status, "list": list_, "retry": retry, "purge": purge, "rel
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     storage = Path(cfg.storage.path)
-    if not has_queue(storage):
+    if cfg.queue.backend == "sqlite" and not has_queue(storage):
         print(
             f"dicom-router: no queue in {storage} yet (the router has not run there)",
             file=sys.stderr,

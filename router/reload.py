@@ -41,6 +41,8 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
     ("storage", "max_queue_instances"),
     ("storage", "retention"),
     ("http", None),
+    ("queue", None),
+    ("node_id", None),
 )
 
 

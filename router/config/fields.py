@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ __all__ = [
     "Host",
     "ListenPort",
     "Network",
+    "NodeId",
     "Port",
     "RelPath",
     "SecretFile",
@@ -34,6 +36,7 @@ __all__ = [
     "TransferSyntax",
     "Url",
     "custom",
+    "host_node_id",
     "lower",
 ]
 
@@ -204,3 +207,26 @@ def _network(value: object) -> str:
 
 
 Network = Annotated[str, BeforeValidator(_network)]
+
+
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _node_id(value: object) -> str:
+    if not isinstance(value, str) or not _NODE_ID_RE.match(value.strip()):
+        raise custom(
+            "node_id",
+            f"{value!r} is not a node id: 1 to 63 letters, digits, _ . - (it names this node "
+            "in leases and logs), e.g. router-a",
+        )
+    return value.strip()
+
+
+def host_node_id() -> str:
+    """The host name (its first label), as a valid node id: the default ``node_id``."""
+    name = socket.gethostname().split(".")[0]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("_.-")[:63]
+    return name or "router"
+
+
+NodeId = Annotated[str, BeforeValidator(_node_id)]

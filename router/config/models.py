@@ -12,7 +12,14 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from router.config.fields import (
@@ -23,6 +30,7 @@ from router.config.fields import (
     Host,
     ListenPort,
     Network,
+    NodeId,
     Port,
     RelPath,
     SecretFile,
@@ -30,6 +38,7 @@ from router.config.fields import (
     TransferSyntax,
     Url,
     custom,
+    host_node_id,
     lower,
 )
 from router.config.profiles import DestinationProfile, ProfileName, ProfileRef, unknown_profile
@@ -49,6 +58,7 @@ __all__ = [
     "Http",
     "Listen",
     "Logging",
+    "QueueSettings",
     "Retry",
     "ServerTLS",
     "Storage",
@@ -117,6 +127,62 @@ class Storage(_Model):
     retention: Duration = 0.0
     # Queue bound: above this many instances, new C-STOREs are refused with A700.
     max_queue_instances: int = Field(default=1_000_000, ge=1)
+
+
+class QueueSettings(_Model):
+    """Where the queue lives: embedded SQLite in ``storage.path`` (one router), or a
+    PostgreSQL database shared by several nodes (docs/cluster.md)."""
+
+    backend: Annotated[Literal["sqlite", "postgresql"], BeforeValidator(lower)] = "sqlite"
+    dsn: str | None = None  # libpq conninfo or postgresql:// URL
+    dsn_file: ExistingFile | None = None  # a file holding the DSN (keeps a password out)
+    # Deliveries leased by a node silent this long go to the other nodes (database clock).
+    lease: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _where(self) -> QueueSettings:
+        given = [k for k in ("dsn", "dsn_file") if getattr(self, k) is not None]
+        if self.backend == "sqlite" and given:
+            raise custom(
+                "queue",
+                f"'{given[0]}' is only for backend postgresql (the sqlite queue lives in "
+                "storage.path): remove it or set backend: postgresql",
+            )
+        if self.backend == "postgresql":
+            if not given:
+                raise custom(
+                    "queue",
+                    "backend postgresql needs 'dsn' or 'dsn_file' (e.g. "
+                    "dsn_file: /etc/dicom-router/pg.dsn)",
+                )
+            if len(given) == 2:
+                raise custom("queue", "give 'dsn' or 'dsn_file', not both")
+            if self.dsn is not None and not self.dsn.strip():
+                raise custom("queue", "dsn is empty: e.g. postgresql://router@db:5432/dicom_router")
+        return self
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_range(cls, value: float) -> float:
+        if not 1.0 <= value <= 3600.0:
+            raise custom("lease", f"{value:g}s is out of range: 1s to 1h (e.g. lease: 60s)")
+        return value
+
+    def conninfo(self) -> str:
+        """The DSN: ``dsn``, or the first non-empty line of ``dsn_file`` (read now).
+        Raises ValueError with a readable message when there is none."""
+        if self.dsn is not None:
+            return self.dsn.strip()
+        if self.dsn_file is None:
+            raise ValueError("queue: no dsn or dsn_file (backend sqlite)")
+        try:
+            text = self.dsn_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"queue.dsn_file: cannot read {self.dsn_file}: {e}") from None
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                return line.strip()
+        raise ValueError(f"queue.dsn_file: {self.dsn_file} holds no DSN")
 
 
 class Http(_Model):
@@ -382,8 +448,11 @@ class Config(_Model):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     ae_title: AETitle
+    # names this node in leases and logs; unique per node of a cluster
+    node_id: NodeId = Field(default_factory=host_node_id)
     listen: Listen = Listen()
     storage: Storage
+    queue: QueueSettings = QueueSettings()
     http: Http = Http()
     accept: Accept = Accept()
     destinations: dict[DestinationName, Destination] = Field(default_factory=dict)

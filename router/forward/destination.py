@@ -142,7 +142,9 @@ def plan(
         probe_interval=probe_interval(dest),
         batch_size=dest.batch_size,
         max_associations=dest.max_associations,
-        lease_seconds=lease_seconds(dest),
+        # a cluster node renews its leases while it lives: the lease is how long a
+        # silent node keeps its deliveries from the others
+        lease_seconds=cfg.queue.lease if cfg.queue.backend == "postgresql" else lease_seconds(dest),
         idle_release=dest.idle_release,
         kind=kind_for(cfg, dest, ssl_context, transcoder),
         profile=send_profile(cfg, dest),

@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -34,6 +35,7 @@ from router.forward.outcome import Outcome, TransportFailure, classify_status, c
 from router.metrics import Metrics
 from router.store.queue import Lease, QueueClosed
 from router.store.queue import QueueBackend as Queue
+from router.store.records import QueueUnavailable
 from router.tls import client_context
 
 __all__ = ["IDLE_RECHECK", "LINGER", "DestinationRuntime", "Forwarder"]
@@ -47,6 +49,10 @@ IDLE_RECHECK = 30.0
 # instances before leasing again: ten or more per queue transaction instead of one,
 # for a few milliseconds of latency.
 LINGER = 0.02
+# While the queue's database is unreachable, workers look again after this long, doubling
+# up to QUEUE_BACKOFF_MAX: forwarding pauses, nothing is counted as an attempt.
+QUEUE_BACKOFF = 0.5
+QUEUE_BACKOFF_MAX = 5.0
 
 # Failures where nothing of the batch reached the destination: every lease waits.
 _UNREACHABLE = (
@@ -243,9 +249,41 @@ class Forwarder:
         logs.event(log, logging.DEBUG, "worker_started", destination=rt.name, worker=index)
         try:
             while (plan := self._wanted(rt, index)) is not None:
-                await self._round(rt, plan, index)
+                try:
+                    await self._round(rt, plan, index)
+                except QueueUnavailable as e:
+                    # the queue's database went away: pause; the queue reconnects itself
+                    logs.event(
+                        log, logging.WARNING, "queue_unavailable", destination=rt.name, error=str(e)
+                    )
+                    await self._pause(QUEUE_BACKOFF_MAX)
         finally:
             rt.workers.discard(index)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless stopping first."""
+        with anyio.move_on_after(seconds):
+            await self.stopping.wait()
+
+    async def _persist(self, what: str, call: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Record an outcome, waiting out a queue database that went away (the lease is
+        still this node's and renewed once the database is back; a lease taken over
+        meanwhile records nothing). Gives up when stopping: the node's next start takes
+        its leases back."""
+        delay = QUEUE_BACKOFF
+        while True:
+            try:
+                await call(*args)
+                return
+            except QueueUnavailable as e:
+                if self.stopping.is_set():
+                    logs.event(
+                        log, logging.WARNING, "outcome_not_recorded", what=what, error=str(e)
+                    )
+                    return
+                logs.event(log, logging.WARNING, "queue_unavailable", what=what, error=str(e))
+                await self._pause(delay)
+                delay = min(delay * 2, QUEUE_BACKOFF_MAX)
 
     async def _round(self, rt: DestinationRuntime, plan: destination.Plan, index: int) -> None:
         # taken before looking: a change (reload, breaker) from now on ends the wait below
@@ -459,7 +497,7 @@ class Forwarder:
             if batch.current is not None:
                 back.append(batch.current.delivery_id)
             if back:
-                await self._queue.release(back)
+                await self._persist("release", self._queue.release, back)
         except QueueClosed:
             pass  # stopping: leases return to pending at the next start
 
@@ -511,7 +549,7 @@ class Forwarder:
             by_status.setdefault(status, []).append(ident)
         delivered.clear()
         for status, ids in by_status.items():
-            await self._queue.delivered(ids, status)
+            await self._persist("delivered", self._queue.delivered, ids, status)
 
     async def _record_status(
         self,
@@ -540,7 +578,7 @@ class Forwarder:
             return
         plan = self._plan(rt)
         if plan is None:
-            await self._queue.release([lease.delivery_id])
+            await self._persist("release", self._queue.release, [lease.delivery_id])
             return
         await self._after_failure(rt.name, plan, lease, outcome, status, result.comment)
 
@@ -561,7 +599,9 @@ class Forwarder:
         if isinstance(decision, DeadLetter):
             await self._dead_letter(name, lease, status, f"{detail} ({decision.reason})")
             return
-        await self._queue.retry(lease.delivery_id, decision.at, status, detail)
+        await self._persist(
+            "retry", self._queue.retry, lease.delivery_id, decision.at, status, detail
+        )
         self._metrics.retry_scheduled(name)
         logs.event(
             log,
@@ -576,7 +616,7 @@ class Forwarder:
         )
 
     async def _dead_letter(self, name: str, lease: Lease, status: int | None, error: str) -> None:
-        await self._queue.failed(lease.delivery_id, status, error)
+        await self._persist("failed", self._queue.failed, lease.delivery_id, status, error)
         self._metrics.forwarded(name, "failed")
         logs.event(
             log,

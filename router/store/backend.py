@@ -36,9 +36,9 @@ Contracts every backend keeps (tests/store/test_queue.py runs them per backend):
   series opens a new one), the destination's waiters are woken, and one
   ``hold_released`` event is logged (destination, series_uid or study_uid, count,
   reason quiet|max_wait|operator). ``lease`` never returns held deliveries.
-- ``stats``, ``is_full``, ``next_due`` and ``next_release`` are cheap (no I/O: metrics
+- ``stats``, ``problem``, ``is_full``, ``next_due`` and ``next_release`` are cheap (no I/O: metrics
   call them on the event loop); ``counts`` is a fresh count of the stored rows.
-- Every method but ``run``, ``new_sink``, ``stats``, ``next_due``, ``next_release``,
+- Every method but ``run``, ``new_sink``, ``stats``, ``problem``, ``next_due``, ``next_release``,
   ``is_full``, ``set_holds`` and ``wake`` raises
   :class:`~router.store.records.QueueClosed` when the queue is not running.
 """
@@ -162,6 +162,11 @@ class QueueBackend(Protocol):
     # -- metrics
 
     def stats(self) -> QueueStats: ...
+
+    def problem(self) -> str | None:
+        """Why the queue's database cannot be reached right now (for /readyz), or None.
+        Cheap (no I/O)."""
+        ...
 
     # -- operator commands (the HTTP API while the router runs)
 

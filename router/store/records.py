@@ -20,6 +20,7 @@ __all__ = [
     "QueueClosed",
     "QueueCounts",
     "QueueStats",
+    "QueueUnavailable",
     "RouterRunning",
     "SchemaError",
     "State",
@@ -73,6 +74,13 @@ class SchemaError(StoreError):
 
 class QueueClosed(RuntimeError):
     """The queue is not running (not started yet, or stopped)."""
+
+
+class QueueUnavailable(ConnectionError):
+    """The queue's database cannot be reached right now (a server that went away); the
+    operation did not happen, or for a commit perhaps did: never report it as done. The
+    backend reconnects by itself, so a later call may succeed. The ingest answers A700;
+    workers wait and try again without counting an attempt."""
 
 
 class RouterRunning(RuntimeError):

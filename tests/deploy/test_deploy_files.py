@@ -307,3 +307,23 @@ def test_container_config_is_valid_for_the_router() -> None:
     from router.config import check
 
     assert [str(p) for p in check(DEPLOY / "container" / "router.yaml")] == []
+
+
+def test_compose_cluster_stack() -> None:
+    """Two nodes on one database and one volume, each with its own ports; their config
+    loads and names the database through a secret file, not in the config."""
+    compose = yaml.safe_load((DEPLOY / "compose-cluster.yaml").read_text())
+    services = compose["services"]
+    nodes = [s for n, s in services.items() if n.startswith("router-")]
+    assert len(nodes) >= 2 and "db" in services
+    assert len({s["hostname"] for s in nodes}) == len(nodes)  # distinct node ids
+    volumes = [{v.split(":")[0]: v.split(":")[1] for v in s["volumes"]} for s in nodes]
+    assert {v.get("shared-data") for v in volumes} == {"/var/lib/dicom-router"}
+    published = [p.split(":")[-2] for s in nodes for p in s["ports"]]
+    assert len(published) == len(set(published))
+    cfg = yaml.safe_load((DEPLOY / "container" / "cluster.yaml").read_text())
+    assert cfg["queue"]["backend"] == "postgresql" and "dsn" not in cfg["queue"]
+    assert cfg["queue"]["dsn_file"] == "/run/secrets/queue-dsn"
+    assert all("queue-dsn" in s["secrets"] for s in nodes)
+    assert cfg["storage"]["path"] == "/var/lib/dicom-router"
+    assert "fsync=on" in services["db"]["command"]

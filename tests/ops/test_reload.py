@@ -102,7 +102,9 @@ def test_reload_good_and_bad_under_load(
             )
             wait_for(lambda: reloads("ok") >= 1, 10, "the reload adding ai")
             write_atomic(rules_file, yaml.safe_dump([{"name": "all", "forward": ["pacs", "ai"]}]))
-            wait_for(lambda: len(ai.complete_files()) >= 5, 20, "instances routed to the new destination")
+            wait_for(
+                lambda: len(ai.complete_files()) >= 5, 20, "instances routed to the new destination"
+            )
             ok_after_add = reloads("ok")
             assert ok_after_add == 2
 

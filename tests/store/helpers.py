@@ -2,7 +2,8 @@
 
 A new backend joins by adding its name to ``BACKENDS``, its error to ``_ERRORS`` and a
 branch to :meth:`Backend.queue` / :meth:`Backend.admin` (starting whatever server it
-needs); every test of tests/store/test_queue.py then runs on it.
+needs); every test of tests/store/test_queue.py then runs on it. ``postgresql`` runs on
+the session's throwaway server (tests/pg/server.py), a fresh schema per test.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 
 from router.store.admin import open_admin
 from router.store.backend import AdminBackend, QueueBackend
+from router.store.postgres import PgQueue
+from router.store.postgres.admin import PgAdmin
 from router.store.records import InstanceRecord, Lease
 from router.store.sqlite import SqliteQueue
 
-BACKENDS = ("sqlite",)
+BACKENDS = ("sqlite", "postgresql")
 
 #: inline_max of the queues under test: data sets above it are spooled as files
 INLINE_MAX = 4096
@@ -34,18 +38,48 @@ class Backend:
     name: str
     #: what a commit breaking the schema's constraints raises
     integrity_error: type[Exception]
+    #: postgresql: the database of this test, and the server for fresh ones
+    dsn: str | None = None
+    server: Any = None
+
+    @property
+    def clustered(self) -> bool:
+        """Several nodes share the queue: stats() is the cluster's as of the last poll,
+        lease expiry is on the database's clock (not the queue's ``clock``)."""
+        return self.name == "postgresql"
+
+    def fresh(self) -> Backend:
+        """The same backend on an empty database (for each example of a property test)."""
+        if self.server is None:
+            return self
+        return Backend(self.name, self.integrity_error, self.server.create_schema(), self.server)
 
     def queue(self, storage: Path, **kw: Any) -> QueueBackend:
         kw.setdefault("inline_max", INLINE_MAX)
         kw.setdefault("max_queue_instances", MAX_QUEUE_INSTANCES)
         if self.name == "sqlite":
             return SqliteQueue(storage, **kw)
+        if self.name == "postgresql":
+            assert self.dsn is not None
+            # spool files no row names are swept once older than this (by file time)
+            kw.setdefault("orphan_age", 600.0)
+            kw.setdefault("node_id", "test")
+            return PgQueue(self.dsn, storage, **kw)
         raise AssertionError(f"unknown backend {self.name}")
 
     def admin(self, storage: Path, *, write: bool = False, **kw: Any) -> AdminBackend:
         if self.name == "sqlite":
             return open_admin(storage, write=write, **kw)
+        if self.name == "postgresql":
+            assert self.dsn is not None
+            return PgAdmin(self.dsn, storage, write=write, **kw)
         raise AssertionError(f"unknown backend {self.name}")
+
+    def admin_without_queue(self, storage: Path) -> AdminBackend:
+        """The administration where no router has created a queue (FileNotFoundError)."""
+        if self.name == "postgresql":
+            return self.fresh().admin(storage)
+        return self.admin(storage)
 
     @asynccontextmanager
     async def running(self, storage: Path, **kw: Any) -> AsyncIterator[QueueBackend]:
@@ -58,11 +92,14 @@ class Backend:
                 tg.cancel_scope.cancel()
 
 
-_ERRORS: dict[str, type[Exception]] = {"sqlite": sqlite3.IntegrityError}
+_ERRORS: dict[str, type[Exception]] = {
+    "sqlite": sqlite3.IntegrityError,
+    "postgresql": psycopg.errors.IntegrityError,
+}
 
 
-def backend_named(name: str) -> Backend:
-    return Backend(name, _ERRORS[name])
+def backend_named(name: str, dsn: str | None = None, server: Any = None) -> Backend:
+    return Backend(name, _ERRORS[name], dsn, server)
 
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

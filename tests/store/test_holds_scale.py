@@ -15,7 +15,7 @@ from router.holds import Hold, HoldUntil
 from router.store.backend import QueueBackend
 from router.store.records import InstanceRecord
 from tests.store.helpers import CT, EXPLICIT, Backend, Clock, Req, payload
-from tests.store.test_queue import check_counters
+from tests.store.test_queue import check_counters, stats
 
 STUDY = Hold(HoldUntil.STUDY, quiet=30.0, max_wait=3600.0)
 SERIES, PER_SERIES = 10, 500
@@ -56,7 +56,7 @@ async def test_a_study_of_5000_instances_is_released_whole_while_ingest_goes_on(
         async with anyio.create_task_group() as tg:
             for k in range(8):  # eight associations at once
                 tg.start_soon(sender, items[k::8])
-        assert q.stats().counts == {("ai", "held"): SERIES * PER_SERIES}
+        assert (await stats(q)).counts == {("ai", "held"): SERIES * PER_SERIES}
 
         streamed: list[str] = []
         released = 0
@@ -77,7 +77,7 @@ async def test_a_study_of_5000_instances_is_released_whole_while_ingest_goes_on(
             tg.start_soon(release)
         assert released == SERIES * PER_SERIES
         assert len(streamed) == 400
-        assert q.stats().counts == {("ai", "pending"): 5000, ("pacs", "pending"): 400}
+        assert (await stats(q)).counts == {("ai", "pending"): 5000, ("pacs", "pending"): 400}
         await check_counters(q)
         order = []
         while leases := await q.lease("ai", 256, 60):

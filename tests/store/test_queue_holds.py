@@ -17,7 +17,7 @@ from router.holds import Hold, HoldUntil
 from router.store.backend import QueueBackend
 from router.store.records import Filter, InstanceRecord, State
 from tests.store.helpers import CT, EXPLICIT, Backend, Clock, Req, payload
-from tests.store.test_queue import check_counters
+from tests.store.test_queue import check_counters, stats
 
 SERIES = Hold(HoldUntil.SERIES, quiet=30.0, max_wait=3600.0)
 STUDY = Hold(HoldUntil.STUDY, quiet=30.0, max_wait=3600.0)
@@ -81,7 +81,7 @@ async def test_a_delivery_to_a_held_destination_is_held_on_commit(
     clock = Clock()
     async with backend.running(storage, clock=clock, holds={"ai": SERIES}) as q:
         inst = await commit(q, ["ai", "pacs"], number=1)
-        assert q.stats().counts == {("ai", "held"): 1, ("pacs", "pending"): 1}
+        assert (await stats(q)).counts == {("ai", "held"): 1, ("pacs", "pending"): 1}
         assert q.next_due("ai") is None  # nothing for its workers
         assert q.next_release() == clock.t + 30
         assert await q.lease("ai", 10, 60) == []
@@ -118,11 +118,11 @@ async def test_arrivals_move_the_release_time_and_max_wait_caps_it(
             assert q.next_release() is not None and q.next_release() <= t0 + release
         clock.t = t0 + 99.5
         assert await q.release_due_holds() == 0
-        assert q.stats().counts == {("ai", "held"): 6}
+        assert (await stats(q)).counts == {("ai", "held"): 6}
         assert q.next_release() == t0 + 100
         clock.t = t0 + 100
         assert await q.release_due_holds() == 6
-        assert q.stats().counts == {("ai", "pending"): 6}
+        assert (await stats(q)).counts == {("ai", "pending"): 6}
         assert q.next_release() is None
         await check_counters(q)
 
@@ -212,17 +212,17 @@ async def test_holds_survive_a_restart_and_one_due_meanwhile_is_released_at_star
         second = await commit(q, ["ai"], series="1.2.8.2", number=1)
     clock.t = t0 + 10
     async with backend.running(storage, clock=clock, holds=holds) as q:
-        assert q.stats().counts == {("ai", "held"): 3}
+        assert (await stats(q)).counts == {("ai", "held"): 3}
         assert q.next_release() == t0 + 30
         assert {e.release_at for e in await held(q, "ai")} == {t0 + 30, t0 + 50}
     clock.t = t0 + 35  # series 1 came due while no router ran
     async with backend.running(storage, clock=clock, holds=holds) as q:
 
         async def released() -> bool:
-            return q.stats().counts.get(("ai", "pending")) == 2
+            return (await stats(q)).counts.get(("ai", "pending")) == 2
 
         await wait_until(released, "series 1 to be released at start")
-        assert q.stats().counts == {("ai", "pending"): 2, ("ai", "held"): 1}
+        assert (await stats(q)).counts == {("ai", "pending"): 2, ("ai", "held"): 1}
         assert [le.instance_id for le in await q.lease("ai", 10, 60)] == first[::-1]
         (e,) = await held(q, "ai")
         assert (e.instance_id, e.release_at) == (second, t0 + 50)
@@ -257,7 +257,7 @@ async def test_operator_release_by_destination_study_and_series(
         s1 = [await commit(q, ["ai", "pacs"], series="1.2.8.1", study="1.9.1") for _ in range(2)]
         s2 = await commit(q, ["ai", "pacs"], series="1.2.8.2", study="1.9.1")
         s3 = await commit(q, ["ai", "pacs"], series="1.2.8.3", study="1.9.2")
-        assert q.stats().counts == {("ai", "held"): 4, ("pacs", "held"): 4}
+        assert (await stats(q)).counts == {("ai", "held"): 4, ("pacs", "held"): 4}
         with pytest.raises(ValueError, match="held"):
             await q.release_holds(Filter(state=State.PENDING))
 
@@ -272,7 +272,11 @@ async def test_operator_release_by_destination_study_and_series(
         # a destination
         assert await q.release_holds(Filter(destination="pacs")) == 1
         assert [le.instance_id for le in await q.lease("pacs", 10, 60)] == [s3]
-        assert q.stats().counts == {("ai", "held"): 1, ("ai", "leased"): 3, ("pacs", "leased"): 4}
+        assert (await stats(q)).counts == {
+            ("ai", "held"): 1,
+            ("ai", "leased"): 3,
+            ("pacs", "leased"): 4,
+        }
         await check_counters(q)
     # standalone, while no router runs: everything left
     with backend.admin(storage, write=True, clock=clock) as admin:
@@ -286,7 +290,7 @@ async def test_operator_release_by_destination_study_and_series(
     clock.t += 10_000  # nothing left to release when the router comes back
     async with backend.running(storage, clock=clock, holds=holds) as q:
         assert q.next_release() is None
-        assert q.stats().counts == {("ai", "pending"): 4, ("pacs", "pending"): 4}
+        assert (await stats(q)).counts == {("ai", "pending"): 4, ("pacs", "pending"): 4}
 
 
 @pytest.mark.asyncio
@@ -297,7 +301,7 @@ async def test_purging_held_deliveries_closes_their_group(backend: Backend, stor
         assert q.next_release() == clock.t + 30
         assert await q.purge(Filter(destination="ai")) == 1
         assert q.next_release() is None
-        assert q.stats().counts == {("pacs", "pending"): 1}
+        assert (await stats(q)).counts == {("pacs", "pending"): 1}
         clock.t += 5
         await commit(q, ["ai"], number=2)  # a new group, its own quiet
         (e,) = await held(q, "ai")
@@ -318,7 +322,7 @@ async def test_an_identical_repeat_of_a_held_instance_is_dropped(
         sink.write(payload(100))
         again = await q.commit(rec, sink, ["ai"])
         assert first.stored and not again.stored and again.dropped == ("ai",)
-        assert q.stats().counts == {("ai", "held"): 1}
+        assert (await stats(q)).counts == {("ai", "held"): 1}
 
 
 @pytest.mark.asyncio
@@ -329,6 +333,6 @@ async def test_set_holds_applies_to_later_commits(backend: Backend, storage: Pat
         await commit(q, ["ai"], number=2)
         q.set_holds({})
         await commit(q, ["ai"], number=3)
-        assert q.stats().counts == {("ai", "pending"): 2, ("ai", "held"): 1}
+        assert (await stats(q)).counts == {("ai", "pending"): 2, ("ai", "held"): 1}
         (e,) = await held(q, "ai")
         assert e.release_at is not None

@@ -31,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -43,8 +44,12 @@ import anyio.abc
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from router.holds import Hold
+from router.store.hold_release import Released, log_released
 from router.store.postgres import commands, ops
+from router.store.postgres import holds as pg_holds
 from router.store.postgres.errors import DatabaseUnavailable
+from router.store.postgres.hold_timer import ReleaseTimer
 from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
 from router.store.postgres.schema import migrate
@@ -56,11 +61,12 @@ from router.store.queue import (
     InstanceRecord,
     Lease,
     QueueClosed,
+    QueueCounts,
     QueueStats,
 )
 from router.store.spool import Spool, SpooledSink, StoreRequestLike
 
-__all__ = ["PgQueue", "default_node_id"]
+__all__ = ["PgQueue", "check_conninfo", "default_node_id"]
 
 log = logging.getLogger("router.store.postgres")
 
@@ -68,6 +74,15 @@ _EVERYTHING = Filter()
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def check_conninfo(conninfo: str) -> str:
+    """``conninfo`` when libpq can parse it; ValueError (without the password) if not."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as e:
+        raise ValueError(f"queue.dsn: not a PostgreSQL connection string or URL: {e}") from None
+    return conninfo
 
 
 def default_node_id() -> str:
@@ -95,7 +110,10 @@ class PgQueue:
         pool_size: int = 8,
         connect_timeout: float = 10.0,
         orphan_age: float = 86_400.0,
+        sweep_interval: float | None = None,
         max_hold: float = 3600.0,
+        wait_at_start: bool = False,
+        holds: Mapping[str, Hold] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id if node_id is not None else default_node_id()
@@ -118,7 +136,15 @@ class PgQueue:
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.orphan_age = orphan_age
+        # how often orphans are looked for; by default a quarter of their grace, 1h at most
+        self.sweep_interval = (
+            sweep_interval if sweep_interval is not None else min(3600.0, orphan_age / 4)
+        )
         self.clock = clock
+        # True: run() waits for an unreachable database (problem() says why) instead of
+        # raising DatabaseUnavailable
+        self.wait_at_start = wait_at_start
+        self._problem: str | None = None
         self._pool: AsyncConnectionPool[ops.Conn] | None = None
         self._writer: GroupWriter | None = None
         self.listener: Listener | None = None
@@ -134,6 +160,15 @@ class PgQueue:
         self._events: dict[str, anyio.Event] = {}
         self.transactions = 0
         self.commits = 0
+        self._holds: Mapping[str, Hold] = dict(holds or {})
+        self._timer = ReleaseTimer(clock, poll_interval)
+
+    def set_holds(self, holds: Mapping[str, Hold]) -> None:
+        """The hold policy per destination (those not in it are not held). Applies to
+        instances committed from now on; open groups keep their release times."""
+        self._holds = dict(holds)
+        if self._writer is not None:
+            self._writer.hold_of = self._holds
 
     # -- lifecycle
 
@@ -157,12 +192,15 @@ class PgQueue:
             open=False,
         )
         try:
+            if self.wait_at_start:
+                await self._wait_for_database()
             try:
                 await pool.open(wait=True, timeout=self.connect_timeout)
             except PoolTimeout as e:
                 raise DatabaseUnavailable(
                     f"cannot connect to the queue database within {self.connect_timeout:g}s: {e}"
                 ) from e
+            self._problem = None
             self._pool = pool
             async with pool.connection() as conn:
                 applied = await migrate(conn)
@@ -173,7 +211,10 @@ class PgQueue:
                     back = await ops.release_node(conn, self.node_id, self.clock())
                 if back:
                     log.info("%d leases of this node's previous run back to pending", len(back))
-                self._apply(await commands.snapshot(conn))
+                with self._timer.read() as reading:
+                    snap = await commands.snapshot(conn)
+                    reading.set(snap.next_release)
+                self._apply(snap)
             swept = await anyio.to_thread.run_sync(self.spool.sweep_tmp)
             if swept:
                 log.info("removed %d partial receipts from %s", swept, self.spool.tmp_dir)
@@ -186,6 +227,7 @@ class PgQueue:
                 max_pending=self.max_pending_jobs,
                 on_batch=self._batch_done,
             )
+            writer.hold_of = self._holds
             self.listener = Listener(self.conninfo, self._work_now, self._wake_all)
             async with anyio.create_task_group() as tg:
                 await tg.start(writer.run)
@@ -193,10 +235,12 @@ class PgQueue:
                 await tg.start(self.listener.run)
                 tg.start_soon(self._poll_loop)
                 tg.start_soon(self._renew_loop)
+                tg.start_soon(self._timer.run, self.release_due_holds)
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
-                tg.start_soon(self._sweep_at_start)
+                await self._sweep()  # before anything is received here
+                tg.start_soon(self._sweep_loop)
                 task_status.started()
                 try:
                     await anyio.sleep_forever()
@@ -207,6 +251,30 @@ class PgQueue:
             self._pool = None
             with anyio.CancelScope(shield=True):
                 await pool.close()
+
+    async def _wait_for_database(self) -> None:
+        """Until a connection succeeds: one warning per failure, retried with back-off
+        (up to 10 s); ``problem()`` tells /readyz why the node is not ready."""
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.conninfo, connect_timeout=math.ceil(self.connect_timeout)
+                )
+            except psycopg.OperationalError as e:
+                self._problem = _one_line(e)
+                log.warning(
+                    "waiting for the queue database (retry in %gs): %s", delay, self._problem
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            await conn.close()
+            return
+
+    def problem(self) -> str | None:
+        """Why the database is unreachable (the last poll or operation failed), or None."""
+        return self._problem
 
     @contextlib.asynccontextmanager
     async def _tx(self, *, durable: bool = True) -> AsyncIterator[ops.Conn]:
@@ -222,6 +290,7 @@ class PgQueue:
                     await conn.execute(b"SET LOCAL synchronous_commit = off")
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as e:
+            self._problem = _one_line(e)
             raise DatabaseUnavailable(f"the queue database is unavailable: {e}") from e
 
     async def _remove_data(self, removed: ops.Removed) -> None:
@@ -287,6 +356,8 @@ class PgQueue:
         self._active += outcome.committed
         for dest in outcome.woken:
             self._work_now(dest)
+        if outcome.release_at is not None:
+            self._timer.arrived(outcome.release_at)
 
     # -- forward side
 
@@ -301,9 +372,8 @@ class PgQueue:
             got = await ops.lease(
                 conn, self.spool, destination, limit, lease_seconds, self.node_id, now
             )
-            nxt = await ops.next_due(conn, destination) if len(got) < limit else None
-        if len(got) < limit:
-            self._set_due(destination, nxt)
+            nxt = await ops.next_due(conn, destination)
+        self._set_due(destination, nxt)
         since = anyio.current_time()
         for lease, token in got:
             self.held.add(lease.delivery_id, token, lease_seconds, since)
@@ -343,6 +413,7 @@ class PgQueue:
         async with self._tx(durable=False) as conn:
             n, removed = await ops.delivered(conn, held, status, self.clock(), self.retention)
         self.held.forget([i for i, _ in held])
+        self._active = max(0, self._active - len(removed))  # until the next poll
         await self._remove_data(removed)
         return n
 
@@ -445,8 +516,11 @@ class PgQueue:
 
     async def refresh(self) -> None:
         """Read the cluster's counts and minima now; wake destinations with work."""
-        async with self._tx(durable=False) as conn:
-            snap = await commands.snapshot(conn)
+        with self._timer.read() as reading:
+            async with self._tx(durable=False) as conn:
+                snap = await commands.snapshot(conn)
+            reading.set(snap.next_release)
+        self._problem = None
         self._apply(snap)
 
     def _apply(self, snap: commands.Snapshot) -> None:
@@ -470,6 +544,52 @@ class PgQueue:
             except (DatabaseUnavailable, psycopg.Error) as e:
                 log.warning("queue poll failed: %s", e)
 
+    # -- holds
+
+    def next_release(self) -> float | None:
+        """Clock time of the earliest hold release this node knows (its own arrivals,
+        releases and the last poll: another node's new group is seen within
+        ``poll_interval``), or None."""
+        return self._timer.at
+
+    async def _release(
+        self, fn: Callable[[ops.Conn], Awaitable[tuple[list[Released], bool]]]
+    ) -> tuple[int, bool]:
+        """Run a release in one transaction that also notifies the destinations and reads
+        the earliest release time left; then wake, log and set the timer."""
+        with self._timer.read() as reading:
+            async with self._tx() as conn:
+                released, more = await fn(conn)
+                dests = sorted({r.destination for r in released})
+                await ops.notify(conn, dests)
+                left = await pg_holds.next_release(conn)
+            reading.set(left)
+        for dest in dests:
+            self._work_now(dest)
+        log_released(released)
+        return sum(r.count for r in released), more
+
+    async def release_due_holds(self) -> int:
+        """Release every hold group whose release time has come, unless another node
+        is releasing it right now; the deliveries released here."""
+        now = self.clock()
+        total = 0
+        more = True
+        while more:
+            n, more = await self._release(lambda conn: pg_holds.release_due(conn, now))
+            total += n
+        return total
+
+    async def release_holds(self, f: Filter = _EVERYTHING) -> int:
+        """Release now the hold groups holding a delivery matching ``f`` (whole)."""
+        pg_holds.check_release_filter(f)
+
+        async def release(conn: ops.Conn) -> tuple[list[Released], bool]:
+            return await commands.release_holds(conn, f, self.clock()), False
+
+        n, _ = await self._release(release)
+        return n
+
     def stats(self) -> QueueStats:
         now = self.clock()
         return QueueStats(
@@ -482,9 +602,8 @@ class PgQueue:
             commits=self.commits,
         )
 
-    async def counts(self) -> tuple[dict[tuple[str, str], int], int, int]:
-        """(deliveries per (destination, state), unrouted, instances not done) of the
-        whole cluster, by SQL now."""
+    async def counts(self) -> QueueCounts:
+        """A fresh count of the whole cluster's rows, by SQL now."""
         async with self._tx(durable=False) as conn:
             return await commands.counts(conn)
 
@@ -505,9 +624,13 @@ class PgQueue:
 
     async def purge(self, f: Filter) -> int:
         """Delete matching deliveries (and unrouted instances); an instance left with
-        none loses its data too. Returns the number of deliveries/instances deleted."""
-        async with self._tx() as conn:
-            n, removed = await commands.purge(conn, f, self.clock(), self.retention)
+        none loses its data too, a hold group left with none is closed. Returns the
+        number of deliveries/instances deleted."""
+        with self._timer.read() as reading:
+            async with self._tx() as conn:
+                n, removed = await commands.purge(conn, f, self.clock(), self.retention)
+                left = await pg_holds.next_release(conn)
+            reading.set(left)
         await self._remove_data(removed)
         return n
 
@@ -536,11 +659,31 @@ class PgQueue:
             log.info("removed %d spool files without queue rows", len(gone))
         return len(gone)
 
-    async def _sweep_at_start(self) -> None:
+    async def sweep_partials(self, min_age: float = 86_400.0) -> int:
+        """Remove partial receipts of the other nodes (``tmp/<node>/``) not written to for
+        ``min_age`` seconds: left by a node that died mid-ingest and has not restarted
+        (a node clears its own at start). A receipt in progress is written to all the
+        time, so it is never that old."""
+        cutoff = time.time() - min_age
+        n = await anyio.to_thread.run_sync(_sweep_old_partials, self.spool.tmp_dir, cutoff)
+        if n:
+            log.info("removed %d partial receipts left by nodes that stopped", n)
+        return n
+
+    async def _sweep(self) -> None:
+        """Spool files no row names and partial receipts nobody writes to, older than
+        ``orphan_age``."""
         try:
             await self.sweep_orphans(self.orphan_age)
+            await self.sweep_partials(self.orphan_age)
         except (DatabaseUnavailable, psycopg.Error, OSError) as e:
             log.warning("sweeping orphan spool files failed: %s", e)
+
+    async def _sweep_loop(self) -> None:
+        """After the one at start, every ``sweep_interval``."""
+        while True:
+            await anyio.sleep(self.sweep_interval)
+            await self._sweep()
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -549,6 +692,25 @@ class PgQueue:
                 await self.housekeeping()
             except (DatabaseUnavailable, psycopg.Error) as e:
                 log.warning("queue housekeeping failed: %s", e)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _sweep_old_partials(own: Path, cutoff: float) -> int:
+    n = 0
+    for node_dir in own.parent.iterdir():
+        if node_dir == own or not node_dir.is_dir() or node_dir.is_symlink():
+            continue
+        for entry in os.scandir(node_dir):
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    n += 1
+            except FileNotFoundError:
+                pass
+    return n
 
 
 def _old_spool_ids(spool: Spool, cutoff: float) -> list[str]:

@@ -1,17 +1,28 @@
-"""The cluster queue's operator commands and numbers: list, replay and purge with the
-SQLite queue's Filter semantics, counts by destination and state, and the snapshot
+"""The cluster queue's operator commands and numbers: list, replay, purge and release
+holds with the SQLite queue's Filter semantics, counts by destination and state, and the snapshot
 behind ``stats()``. They act on the whole cluster, whichever node runs them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from router.store.hold_release import Released
+from router.store.postgres import holds as pg_holds
 from router.store.postgres import ops
-from router.store.records import Entry, Filter, State
+from router.store.records import Entry, Filter, QueueCounts, State, StateCount
 
-__all__ = ["Snapshot", "counts", "list_deliveries", "purge", "retry_failed", "snapshot"]
+__all__ = [
+    "Snapshot",
+    "counts",
+    "list_deliveries",
+    "purge",
+    "release_holds",
+    "retry_failed",
+    "snapshot",
+]
 
 
 # ----------------------------------------------------------------------------- operator
@@ -29,6 +40,9 @@ def _where_instance(f: Filter, now: float) -> tuple[list[str], list[Any]]:
     if f.instance_id is not None:
         clauses.append("i.id = %s")
         args.append(f.instance_id)
+    if f.series_uid is not None:
+        clauses.append("i.series_uid = %s")
+        args.append(f.series_uid)
     return clauses, args
 
 
@@ -53,8 +67,10 @@ async def list_deliveries(conn: ops.Conn, f: Filter, now: float) -> list[Entry]:
             conn,
             "SELECT d.id, i.id, d.destination, d.state, d.attempts, d.due_at,"
             " d.last_status, d.last_error, i.received_at, d.updated_at, i.sop_class_uid,"
-            " i.sop_instance_uid, i.study_uid, i.size FROM delivery d"
-            f" JOIN instance i ON i.id = d.instance_id WHERE {where}"
+            " i.sop_instance_uid, i.study_uid, i.size, i.series_uid, h.release_at, h.reason"
+            " FROM delivery d JOIN instance i ON i.id = d.instance_id"
+            " LEFT JOIN hold h ON d.state = 'held' AND h.destination = d.destination"
+            f" AND h.key = d.hold_key WHERE {where}"
             " ORDER BY i.received_at, i.id, d.destination LIMIT %s",
             (*args, f.limit),
         ):
@@ -66,7 +82,8 @@ async def list_deliveries(conn: ops.Conn, f: Filter, now: float) -> list[Entry]:
         for r in await ops.fetch(
             conn,
             "SELECT i.id, i.received_at, i.sop_class_uid, i.sop_instance_uid, i.study_uid,"
-            f" i.size FROM instance i WHERE {where} ORDER BY i.received_at, i.id LIMIT %s",
+            f" i.size, i.series_uid FROM instance i WHERE {where}"
+            " ORDER BY i.received_at, i.id LIMIT %s",
             (*args, rest),
         ):
             out.append(
@@ -91,6 +108,14 @@ async def retry_failed(conn: ops.Conn, f: Filter, now: float) -> list[str]:
     return [r[0] for r in rows]
 
 
+async def release_holds(conn: ops.Conn, f: Filter, now: float) -> list[Released]:
+    """Release now the hold groups (series or studies) that hold a delivery matching
+    ``f``: each whole, in its send order (the caller notifies and logs them)."""
+    pg_holds.check_release_filter(f)
+    where, args = _where(dataclasses.replace(f, state=None), now)
+    return await pg_holds.release_filtered(conn, where, args, now)
+
+
 async def purge(conn: ops.Conn, f: Filter, now: float, retention: float) -> tuple[int, ops.Removed]:
     """Delete matching deliveries (and unrouted instances); an instance left with none
     loses its data too. Returns (deliveries and instances deleted, data to remove)."""
@@ -109,10 +134,14 @@ async def purge(conn: ops.Conn, f: Filter, now: float, retention: float) -> tupl
             await ops.lock_instances_of(conn, ids)
             await ops.lock_deliveries(conn, ids)
             rows = await ops.fetch(
-                conn, "DELETE FROM delivery WHERE id = ANY(%s) RETURNING instance_id", (ids,)
+                conn,
+                "DELETE FROM delivery WHERE id = ANY(%s)"
+                " RETURNING instance_id, destination, hold_key",
+                (ids,),
             )
             n += len(rows)
             removed += await ops.settle(conn, sorted({r[0] for r in rows}), now, retention)
+            await pg_holds.drop_empty_groups(conn, [(r[1], r[2]) for r in rows if r[2]])
     if f.includes_unrouted and (f.limit is None or n < f.limit):
         clauses, args = _where_instance(f, now)
         where = " AND ".join(["i.unrouted", *clauses])
@@ -132,17 +161,28 @@ async def purge(conn: ops.Conn, f: Filter, now: float, retention: float) -> tupl
 # ----------------------------------------------------------------------------- counts
 
 
-async def counts(conn: ops.Conn) -> tuple[dict[tuple[str, str], int], int, int]:
-    """(deliveries per (destination, state), unrouted instances, instances not done)
-    for the whole cluster."""
-    by_state = {
-        (r[0], r[1]): int(r[2])
+async def counts(conn: ops.Conn) -> QueueCounts:
+    """Deliveries per (destination, state) with the oldest's creation, unrouted
+    instances with the oldest's receipt, and instances not done: the whole cluster's."""
+    deliveries = {
+        (r[0], State(r[1])): StateCount(int(r[2]), float(r[3]))
         for r in await ops.fetch(
-            conn, "SELECT destination, state, count(*) FROM delivery GROUP BY destination, state"
+            conn,
+            "SELECT destination, state, count(*), min(created_at) FROM delivery"
+            " GROUP BY destination, state",
         )
     }
-    unrouted, active = await _count_instances(conn)
-    return by_state, unrouted, active
+    rows = await ops.fetch(
+        conn,
+        "SELECT count(*) FILTER (WHERE unrouted), min(received_at) FILTER (WHERE unrouted),"
+        " count(*) FILTER (WHERE done_at IS NULL) FROM instance",
+    )
+    unrouted, oldest, active = rows[0]
+    return QueueCounts(
+        deliveries,
+        StateCount(int(unrouted), None if oldest is None else float(oldest)),
+        int(active),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +195,7 @@ class Snapshot:
     expired: set[str]  # destinations with a lease past lease_until (to be taken over)
     unrouted: int
     active: int
+    next_release: float | None = None  # the earliest release time of a hold group
 
 
 async def snapshot(conn: ops.Conn) -> Snapshot:
@@ -177,7 +218,8 @@ async def snapshot(conn: ops.Conn) -> Snapshot:
         if late:
             expired.add(dest)
     unrouted, active = await _count_instances(conn)
-    return Snapshot(c, next_due, oldest, expired, unrouted, active)
+    release = await pg_holds.next_release(conn)
+    return Snapshot(c, next_due, oldest, expired, unrouted, active, release)
 
 
 async def _count_instances(conn: ops.Conn) -> tuple[int, int]:

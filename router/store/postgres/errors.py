@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from router.store.records import QueueUnavailable
+
 __all__ = ["CommitUncertain", "DatabaseUnavailable"]
 
 
-class DatabaseUnavailable(ConnectionError):
+class DatabaseUnavailable(QueueUnavailable):
     """The database could not be reached or the connection broke mid-operation. The
     operation did not happen (or, for :class:`CommitUncertain`, may have); nothing is
     reported as done. The pool reconnects by itself: the next call may succeed."""

@@ -23,7 +23,7 @@ to be done after the commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from router.holds import Hold
+from router.store.postgres import holds as pg_holds
 from router.store.queue import CommitResult, InstanceRecord, Lease
 from router.store.spool import Spool, SpooledSink
 
@@ -116,7 +118,7 @@ async def _identical_queued(
     for dest, inst in await fetch(
         conn,
         "SELECT d.destination, i.id FROM instance i JOIN delivery d ON d.instance_id = i.id"
-        f" WHERE {same} AND d.state IN ('pending', 'leased') ORDER BY i.id",
+        f" WHERE {same} AND d.state IN ('held', 'pending', 'leased') ORDER BY i.id",
         key,
     ):
         if dest in dests:
@@ -127,8 +129,8 @@ async def _identical_queued(
 _INSERT_INSTANCE = (
     "INSERT INTO instance (id, received_at, sop_class_uid, sop_instance_uid,"
     " transfer_syntax, study_uid, calling_ae, called_ae, size, data_offset, data,"
-    " spooled, unrouted, digest, node_id)"
-    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%b,%s,%s,%s,%s)"
+    " spooled, unrouted, digest, node_id, series_uid, series_number, instance_number)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%b,%s,%s,%s,%s,%s,%s,%s)"
 )
 
 
@@ -157,6 +159,9 @@ def _instance_row(
         not dests,
         record.digest,
         node_id,
+        record.series_instance_uid,
+        record.series_number,
+        record.instance_number,
     )
 
 
@@ -171,39 +176,34 @@ class NewInstance:
 
 
 async def insert_many(
-    conn: Conn, items: Sequence[NewInstance], node_id: str, now: float
-) -> list[CommitResult]:
+    conn: Conn,
+    items: Sequence[NewInstance],
+    node_id: str,
+    now: float,
+    hold_of: Mapping[str, Hold] | None = None,
+) -> tuple[list[CommitResult], float | None]:
     """Many instances without ``digest`` (no duplicate check) in two statements sent
     pipelined: the fast path of a group commit. One bad row fails them all; the caller
-    then inserts them one by one to find it."""
+    then inserts them one by one to find it. Deliveries to a destination in ``hold_of``
+    are held (router/store/postgres/holds.py); also returns the earliest release time
+    their arrivals set."""
     if not items:
-        return []
+        return [], None
     rows = []
-    ident_of: list[str] = []
-    dest_of: list[str] = []
-    created: list[float] = []
+    new: list[pg_holds.NewDelivery] = []
     results: list[CommitResult] = []
     for it in items:
         assert it.record.digest is None
         received = it.record.received_at if it.record.received_at is not None else now
         dests = list(dict.fromkeys(it.destinations))
         rows.append(_instance_row(it.ident, it.record, it.sink, dests, node_id, received))
-        for dest in dests:
-            ident_of.append(it.ident)
-            dest_of.append(dest)
-            created.append(received)
+        study, series = it.record.study_instance_uid, it.record.series_instance_uid
+        new += [pg_holds.NewDelivery(it.ident, d, received, study, series) for d in dests]
         results.append(CommitResult(it.ident, True, tuple(dests)))
     async with conn.cursor() as cur:
         await cur.executemany(_INSERT_INSTANCE.encode(), rows)
-    if ident_of:
-        await fetch(
-            conn,
-            "INSERT INTO delivery (instance_id, destination, state, due_at, created_at,"
-            " updated_at) SELECT t.i, t.d, 'pending', %s, t.c, %s"
-            " FROM unnest(%s::text[], %s::text[], %s::float8[]) AS t(i, d, c)",
-            (now, now, ident_of, dest_of, created),
-        )
-    return results
+    release_at = await pg_holds.insert_deliveries(conn, new, hold_of or {}, now)
+    return results, release_at
 
 
 async def insert_instance(
@@ -214,30 +214,32 @@ async def insert_instance(
     destinations: Sequence[str],
     node_id: str,
     now: float,
-) -> CommitResult:
-    """The instance row (an inline data set inside it) and one pending delivery per
-    destination. With ``record.digest``, destinations that still have an identical
-    instance pending or leased are dropped (see :class:`CommitResult`)."""
+    hold_of: Mapping[str, Hold] | None = None,
+) -> tuple[CommitResult, float | None]:
+    """The instance row (an inline data set inside it) and one delivery per destination
+    (held for one in ``hold_of``, pending otherwise), and the earliest release time its
+    arrivals set. With ``record.digest``, destinations that still have an identical
+    instance held, pending or leased are dropped (see :class:`CommitResult`)."""
     received = record.received_at if record.received_at is not None else now
     dests = list(dict.fromkeys(destinations))
     dropped: list[str] = []
     if record.digest is not None:
         same = await _identical_queued(conn, record, dests)
         if same and (not dests or len(same) == len(dests)):
-            return CommitResult(next(iter(same.values())), False, (), tuple(dests))
+            return CommitResult(next(iter(same.values())), False, (), tuple(dests)), None
         dropped = [dest for dest in dests if dest in same]
         dests = [dest for dest in dests if dest not in same]
     await fetch(
         conn, _INSERT_INSTANCE, _instance_row(ident, record, sink, dests, node_id, received)
     )
-    if dests:
-        await fetch(
-            conn,
-            "INSERT INTO delivery (instance_id, destination, state, due_at, created_at,"
-            " updated_at) SELECT %s, x, 'pending', %s, %s, %s FROM unnest(%s::text[]) AS x",
-            (ident, now, received, now, dests),
-        )
-    return CommitResult(ident, True, tuple(dests), tuple(dropped))
+    study, series = record.study_instance_uid, record.series_instance_uid
+    release_at = await pg_holds.insert_deliveries(
+        conn,
+        [pg_holds.NewDelivery(ident, d, received, study, series) for d in dests],
+        hold_of or {},
+        now,
+    )
+    return CommitResult(ident, True, tuple(dests), tuple(dropped)), release_at
 
 
 # ----------------------------------------------------------------------------- leases

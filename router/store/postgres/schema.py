@@ -9,13 +9,17 @@ Times: ``received_at``, ``due_at``, ``created_at``, ``updated_at`` and ``done_at
 unix seconds from the nodes' clocks (as in the SQLite queue: ``due_at`` is what the retry
 policy of a node computed). ``lease_until`` alone is a ``timestamptz`` on the database's
 clock: leases are taken over by comparing it with the database's ``now()``, so clock
-skew between nodes cannot shorten or stretch them.
+skew between nodes cannot shorten or stretch them. A hold's ``first_at``, ``last_at`` and
+``release_at`` (version 2) are unix seconds from the clocks of the nodes that committed
+its instances, like ``due_at``.
 """
 
 from __future__ import annotations
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
+
+from router.store.records import SchemaError
 
 __all__ = ["LOCK_KEY", "MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
 
@@ -76,6 +80,39 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX delivery_age ON delivery (destination, state, created_at);
         """,
     ),
+    (
+        2,
+        # holds: a delivery 'held' in its group (hold_key), the instance's series and
+        # numbers for the send order, one hold row per open group. quiet and max_wait
+        # are the policy of the latest arrival, so an upsert moves the release time
+        # without reading the row first (see router/store/postgres/holds.py).
+        """
+        ALTER TABLE delivery DROP CONSTRAINT delivery_state_check;
+        ALTER TABLE delivery ADD CONSTRAINT delivery_state_check
+            CHECK (state IN ('held', 'pending', 'leased', 'delivered', 'failed'));
+        ALTER TABLE delivery ADD COLUMN hold_key text;
+        ALTER TABLE delivery ADD CONSTRAINT delivery_hold_check
+            CHECK ((state = 'held') = (hold_key IS NOT NULL));
+        CREATE INDEX delivery_hold ON delivery (destination, hold_key) WHERE state = 'held';
+        ALTER TABLE instance ADD COLUMN series_uid text;
+        ALTER TABLE instance ADD COLUMN series_number integer;
+        ALTER TABLE instance ADD COLUMN instance_number integer;
+        CREATE INDEX instance_series ON instance (series_uid);
+        CREATE TABLE hold (
+            destination text NOT NULL,
+            key text NOT NULL,
+            until text NOT NULL CHECK (until IN ('series_complete', 'study_complete')),
+            quiet double precision NOT NULL,
+            max_wait double precision NOT NULL,
+            first_at double precision NOT NULL,
+            last_at double precision NOT NULL,
+            release_at double precision NOT NULL,
+            reason text NOT NULL CHECK (reason IN ('quiet', 'max_wait')),
+            PRIMARY KEY (destination, key)
+        );
+        CREATE INDEX hold_release ON hold (release_at);
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
@@ -110,7 +147,7 @@ async def migrate(conn: AsyncConnection[TupleRow]) -> list[int]:
         )
         current = await schema_version(conn)
         if current > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise SchemaError(
                 f"the queue database has schema version {current}, newer than this"
                 f" router's {SCHEMA_VERSION}: upgrade the router"
             )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import psycopg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from router.holds import Hold
 from router.store.postgres import ops
 from router.store.postgres.errors import CommitUncertain, DatabaseUnavailable
 from router.store.queue import CommitResult, InstanceRecord, QueueClosed
@@ -58,6 +59,7 @@ class BatchOutcome:
     jobs: int = 0
     committed: int = 0
     woken: set[str] = field(default_factory=set)
+    release_at: float | None = None  # the earliest hold release time its arrivals set
 
 
 class GroupWriter:
@@ -84,6 +86,8 @@ class GroupWriter:
         self._send: MemoryObjectSendStream[CommitJob] = send
         self._receive: MemoryObjectReceiveStream[CommitJob] = receive
         self._running = False
+        #: destination -> its hold policy (set by the queue, on every reload)
+        self.hold_of: Mapping[str, Hold] = {}
 
     async def submit(self, job: CommitJob) -> CommitResult:
         """Queue ``job`` and wait for its transaction (not cancellable: the outcome of a
@@ -168,6 +172,8 @@ class GroupWriter:
     async def _transaction(self, jobs: list[CommitJob], outcome: BatchOutcome) -> None:
         committing = False
         results: list[tuple[CommitJob, CommitResult]] = []
+        release: list[float] = []
+        hold_of = self.hold_of  # one policy for the whole batch (set_holds replaces it)
         try:
             async with self.pool.connection() as conn:
                 try:
@@ -176,13 +182,18 @@ class GroupWriter:
                     await ops.lock_digests(conn, [j.record for j in jobs])
                     plain = [j for j in jobs if j.record.digest is None]
                     one_by_one = [j for j in jobs if j.record.digest is not None]
-                    if len(plain) > 1 and await self._insert_many(conn, plain, now, results):
+                    if len(plain) > 1 and await self._insert_many(
+                        conn, plain, now, hold_of, results, release
+                    ):
                         plain = []
                     for j in plain + one_by_one:
-                        res = await self._insert_one(conn, j, now, single=len(jobs) == 1)
+                        res = await self._insert_one(
+                            conn, j, now, hold_of, release, single=len(jobs) == 1
+                        )
                         if res is not None:
                             results.append((j, res))
-                    woken = {d for _, r in results for d in r.queued}
+                    # a held delivery is for nobody's workers until its group is released
+                    woken = {d for _, r in results for d in r.queued if d not in hold_of}
                     await ops.notify(conn, sorted(woken))
                     committing = True
                     await conn.execute(b"COMMIT")
@@ -210,20 +221,23 @@ class GroupWriter:
             j.result = res
         outcome.committed = sum(1 for _, r in results if r.stored)
         outcome.woken = woken
+        outcome.release_at = min(release, default=None)
 
     async def _insert_many(
         self,
         conn: ops.Conn,
         jobs: list[CommitJob],
         now: float,
+        hold_of: Mapping[str, Hold],
         results: list[tuple[CommitJob, CommitResult]],
+        release: list[float],
     ) -> bool:
         """The fast path: every instance of the batch in two pipelined statements. False
         (rolled back to before it) when a row was refused: then one by one."""
         await conn.execute(b"SAVEPOINT batch")
         items = [ops.NewInstance(j.ident, j.record, j.sink, j.destinations) for j in jobs]
         try:
-            done = await ops.insert_many(conn, items, self.node_id, now)
+            done, release_at = await ops.insert_many(conn, items, self.node_id, now, self.hold_of)
         except psycopg.OperationalError:
             raise  # the connection, not a row: fails the batch
         except psycopg.Error:
@@ -231,18 +245,27 @@ class GroupWriter:
             return False
         await conn.execute(b"RELEASE SAVEPOINT batch")
         results.extend(zip(jobs, done, strict=True))
+        if release_at is not None:
+            release.append(release_at)
         return True
 
     async def _insert_one(
-        self, conn: ops.Conn, j: CommitJob, now: float, *, single: bool
+        self,
+        conn: ops.Conn,
+        j: CommitJob,
+        now: float,
+        hold_of: Mapping[str, Hold],
+        release: list[float],
+        *,
+        single: bool,
     ) -> CommitResult | None:
         """One instance in its own savepoint (unless it is the whole batch); None with
         ``j.error`` set when its rows were refused."""
         if not single:
             await conn.execute(b"SAVEPOINT job")
         try:
-            res = await ops.insert_instance(
-                conn, j.ident, j.record, j.sink, j.destinations, self.node_id, now
+            res, release_at = await ops.insert_instance(
+                conn, j.ident, j.record, j.sink, j.destinations, self.node_id, now, hold_of
             )
         except psycopg.OperationalError:
             raise  # the connection, not this job: fails the batch
@@ -254,6 +277,8 @@ class GroupWriter:
             return None
         if not single:
             await conn.execute(b"RELEASE SAVEPOINT job")
+        if release_at is not None:
+            release.append(release_at)
         return res
 
 

@@ -13,38 +13,32 @@ that order, and its row is deleted, so a later instance of the series opens a ne
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from router import holds, logs
+from router import holds
 from router.holds import Hold, HoldGroup, HoldUntil, Release
+from router.store.hold_release import Released, due_times, log_released
 from router.store.records import State
 
 if TYPE_CHECKING:  # core commits through this module
     from router.store.sqlite.core import Core, Delta
 
-log = logging.getLogger("router.store.queue")
+__all__ = [
+    "Released",
+    "arrive",
+    "drop_empty_groups",
+    "group_key",
+    "groups_of",
+    "log_released",
+    "next_release",
+    "release_due",
+    "release_groups",
+]
 
 HELD = State.HELD.value
 PENDING = State.PENDING.value
-
-#: Seconds between the due times of consecutive released deliveries: well above the
-#: resolution of a unix time as a double (about 2.4e-7 s), far below anything a send takes.
-STEP = 1e-5
-
-
-@dataclass(frozen=True, slots=True)
-class Released:
-    """One released group, logged as ``hold_released`` once its transaction committed."""
-
-    destination: str
-    until: str
-    key: str
-    count: int
-    reason: str
 
 
 def group_key(hold: Hold, ident: str, study_uid: str | None, series_uid: str | None) -> str:
@@ -116,13 +110,13 @@ def release_groups(core: Core, groups: Sequence[tuple[str, str, str, str]], d: D
             " AND attempts = 0",
             (dest,),
         ).fetchone()
-        start = now - len(ids) * STEP
-        if tail is not None:
-            start = max(start, tail + STEP)
         conn.executemany(
             "UPDATE delivery SET state = 'pending', due_at = ?, hold_key = NULL,"
             " updated_at = ? WHERE id = ?",
-            [(start + k * STEP, now, ident) for k, ident in enumerate(ids)],
+            [
+                (due, now, ident)
+                for due, ident in zip(due_times(now, len(ids), tail), ids, strict=True)
+            ],
         )
         d.move(dest, HELD, PENDING, len(ids))
         total += len(ids)
@@ -164,18 +158,3 @@ def drop_empty_groups(core: Core, d: Delta) -> None:
     )
     if cur.rowcount:
         d.hold_reset = True
-
-
-def log_released(items: Sequence[Released]) -> None:
-    """One ``hold_released`` line per group (after the release committed)."""
-    for r in items:
-        uid = "series_uid" if r.until == HoldUntil.SERIES.value else "study_uid"
-        logs.event(
-            log,
-            logging.INFO,
-            "hold_released",
-            destination=r.destination,
-            **{uid: r.key},
-            count=r.count,
-            reason=r.reason,
-        )

@@ -389,6 +389,11 @@ class SqliteQueue:
 
     # -- metrics
 
+    def problem(self) -> str | None:
+        """None: the embedded database is a file in ``storage.path`` (a storage that is
+        not writable is reported by the app)."""
+        return None
+
     def stats(self) -> QueueStats:
         now = self.clock()
         return QueueStats(
