@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
 
 from router import logs, syntaxes
-from router.config import Config, Destination
+from router.config import Config
 from router.forward import destination
 from router.forward.backoff import CircuitBreaker, DeadLetter, decide
 from router.forward.dimse import Transcoder
 from router.forward.kind import Answered, SendResult, Session, TransportError, Unsendable
 from router.forward.outcome import Outcome, TransportFailure, classify_status, classify_transport
+from router.forward.runtime import Batch, DestinationRuntime
+from router.forward.waits import first_of
 from router.metrics import Metrics
 from router.store.queue import Lease, QueueClosed
 from router.store.queue import QueueBackend as Queue
@@ -61,40 +61,6 @@ _UNREACHABLE = (
     TransportFailure.REJECTED_TRANSIENT,
     TransportFailure.REJECTED_PERMANENT,
 )
-
-
-@dataclass
-class DestinationRuntime:
-    """What the workers of one destination share."""
-
-    name: str
-    breaker: CircuitBreaker
-    changed: anyio.Event = field(default_factory=anyio.Event)
-    plan: destination.Plan | None = None
-    source: Destination | None = None  # the config the plan was built from
-    ssl_context: ssl.SSLContext | None = None
-    tls_source: object = None
-    running: bool = False  # its task is started (``group`` is set once it runs)
-    group: anyio.abc.TaskGroup | None = None  # the destination's workers, while running
-    workers: set[int] = field(default_factory=set)
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
-
-@dataclass
-class _Batch:
-    """The leases of one session: not yet sent, in flight, and answered but not yet
-    recorded as delivered (recorded in one queue transaction per status)."""
-
-    unsent: list[Lease]
-    last_lease: int
-    current: Lease | None = None
-    delivered: list[tuple[int, int]] = field(default_factory=list)
-    # the session waited idle and has not been answered since: the peer may have
-    # closed it meanwhile (its idle timeout), which is not the instance's fault
-    idle_resumed: bool = False
 
 
 class Forwarder:
@@ -306,41 +272,17 @@ class Forwarder:
 
     async def _wait(self, changed: anyio.Event, timeout: float | None) -> None:
         """Until ``timeout``, ``changed`` or stopping."""
-        with anyio.move_on_after(IDLE_RECHECK if timeout is None else timeout):
-            async with anyio.create_task_group() as tg:
-
-                async def stop_waiter() -> None:
-                    await self.stopping.wait()
-                    tg.cancel_scope.cancel()
-
-                async def change_waiter() -> None:
-                    await changed.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(stop_waiter)
-                tg.start_soon(change_waiter)
+        limit = IDLE_RECHECK if timeout is None else timeout
+        await first_of(limit, self.stopping.wait, changed.wait)
 
     async def _wait_for_work(self, name: str, changed: anyio.Event, timeout: float) -> None:
         """Until work may be due, ``changed`` (the destination's config or breaker),
         ``timeout`` or stopping."""
-        with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
 
-                async def stop_waiter() -> None:
-                    await self.stopping.wait()
-                    tg.cancel_scope.cancel()
+        async def work() -> None:
+            await self._queue.wait_for_work(name, timeout)
 
-                async def work_waiter() -> None:
-                    await self._queue.wait_for_work(name, timeout)
-                    tg.cancel_scope.cancel()
-
-                async def change_waiter() -> None:
-                    await changed.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(stop_waiter)
-                tg.start_soon(work_waiter)
-                tg.start_soon(change_waiter)
+        await first_of(timeout, self.stopping.wait, work, changed.wait)
 
     def _up(self, rt: DestinationRuntime, up: bool) -> None:
         now = self._clock()
@@ -366,7 +308,7 @@ class Forwarder:
     async def _session(
         self, rt: DestinationRuntime, plan: destination.Plan, index: int, leases: list[Lease]
     ) -> None:
-        batch = _Batch(list(leases), last_lease=len(leases))
+        batch = Batch(list(leases), last_lease=len(leases))
         try:
             async with plan.kind.open(leases) as session:
                 self._opened(rt)
@@ -395,7 +337,7 @@ class Forwarder:
         plan: destination.Plan,
         index: int,
         session: Session,
-        batch: _Batch,
+        batch: Batch,
     ) -> None:
         """Send in queue order until stopping, the next lease does not fit the session,
         or nothing more came within ``idle_release``."""
@@ -419,7 +361,7 @@ class Forwarder:
         return now is not None and now is not plan and now.profile != plan.profile
 
     async def _more(
-        self, rt: DestinationRuntime, plan: destination.Plan, index: int, batch: _Batch
+        self, rt: DestinationRuntime, plan: destination.Plan, index: int, batch: Batch
     ) -> bool:
         """Lease the next batch for an open session, waiting up to ``idle_release`` for
         work to arrive; False: release the session."""
@@ -450,7 +392,7 @@ class Forwarder:
             )
 
     async def _session_failed(
-        self, rt: DestinationRuntime, plan: destination.Plan, batch: _Batch, e: TransportError
+        self, rt: DestinationRuntime, plan: destination.Plan, batch: Batch, e: TransportError
     ) -> None:
         current = batch.current
         if current is not None and batch.idle_resumed and e.failure is TransportFailure.ABORTED:
@@ -488,7 +430,7 @@ class Forwarder:
                 await self._after_failure(rt.name, plan, lease, Outcome.TRANSIENT, None, str(e))
         self._up(rt, False)
 
-    async def _settle(self, batch: _Batch) -> None:
+    async def _settle(self, batch: Batch) -> None:
         """At the session's end: record what was delivered; what was not attempted (or
         never answered, when cancelled) goes back to pending."""
         try:
@@ -504,7 +446,7 @@ class Forwarder:
     # -- outcomes
 
     async def _record(
-        self, rt: DestinationRuntime, lease: Lease, result: SendResult, batch: _Batch
+        self, rt: DestinationRuntime, lease: Lease, result: SendResult, batch: Batch
     ) -> None:
         if isinstance(result, Unsendable):
             if result.conversion_failed:

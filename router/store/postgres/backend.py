@@ -31,9 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import re
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -46,13 +43,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from router.holds import Hold
 from router.store.hold_release import Released, log_released
-from router.store.postgres import commands, ops
+from router.store.postgres import commands, ops, upkeep
 from router.store.postgres import holds as pg_holds
 from router.store.postgres.errors import DatabaseUnavailable
 from router.store.postgres.hold_timer import ReleaseTimer
 from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
-from router.store.postgres.schema import migrate
+from router.store.postgres.upkeep import NODE_ID, check_conninfo, default_node_id
 from router.store.postgres.writer import BatchOutcome, CommitJob, GroupWriter, remove_all
 from router.store.queue import (
     CommitResult,
@@ -65,29 +62,13 @@ from router.store.queue import (
     QueueStats,
 )
 from router.store.spool import Spool, SpooledSink, StoreRequestLike
+from router.store.wakeups import WorkWaiters
 
-__all__ = ["PgQueue", "check_conninfo", "default_node_id"]
+__all__ = ["PgQueue", "check_conninfo", "default_node_id"]  # the last two: from upkeep
 
 log = logging.getLogger("router.store.postgres")
 
 _EVERYTHING = Filter()
-
-
-_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-def check_conninfo(conninfo: str) -> str:
-    """``conninfo`` when libpq can parse it; ValueError (without the password) if not."""
-    try:
-        psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as e:
-        raise ValueError(f"queue.dsn: not a PostgreSQL connection string or URL: {e}") from None
-    return conninfo
-
-
-def default_node_id() -> str:
-    """The host name, as the node's name in leases and logs."""
-    return socket.gethostname().split(".")[0] or "router"
 
 
 class PgQueue:
@@ -117,7 +98,7 @@ class PgQueue:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id if node_id is not None else default_node_id()
-        if not _NODE_ID.fullmatch(self.node_id):
+        if not NODE_ID.fullmatch(self.node_id):
             raise ValueError(
                 f"node_id {self.node_id!r}: use letters, digits, '.', '_' or '-' (at most 63)"
             )
@@ -155,9 +136,8 @@ class PgQueue:
         self._unrouted = 0
         self._active = 0
         self._committing = 0
-        self._next_due: dict[str, float] = {}
+        self._waiters = WorkWaiters(self.clock)
         self._oldest: dict[str, float] = {}
-        self._events: dict[str, anyio.Event] = {}
         self.transactions = 0
         self.commits = 0
         self._holds: Mapping[str, Hold] = dict(holds or {})
@@ -180,20 +160,12 @@ class PgQueue:
         if self._started:
             raise RuntimeError("a PgQueue runs once")
         self._started = True
-        pool: AsyncConnectionPool[ops.Conn] = AsyncConnectionPool(
-            self.conninfo,
-            min_size=1,
-            max_size=self.pool_size,
-            kwargs={"autocommit": True, "connect_timeout": math.ceil(self.connect_timeout)},
-            configure=_configure,
-            check=AsyncConnectionPool.check_connection,
-            timeout=self.connect_timeout,
-            name=f"queue-{self.node_id}",
-            open=False,
+        pool = upkeep.make_pool(
+            self.conninfo, self.pool_size, self.connect_timeout, f"queue-{self.node_id}"
         )
         try:
             if self.wait_at_start:
-                await self._wait_for_database()
+                await upkeep.wait_for_database(self.conninfo, self.connect_timeout, self._trouble)
             try:
                 await pool.open(wait=True, timeout=self.connect_timeout)
             except PoolTimeout as e:
@@ -203,14 +175,7 @@ class PgQueue:
             self._problem = None
             self._pool = pool
             async with pool.connection() as conn:
-                applied = await migrate(conn)
-                if applied:
-                    log.info("queue schema migrated to version %d", applied[-1])
-                await _check_settings(conn)
-                async with conn.transaction():
-                    back = await ops.release_node(conn, self.node_id, self.clock())
-                if back:
-                    log.info("%d leases of this node's previous run back to pending", len(back))
+                await upkeep.prepare(conn, self.node_id, self.clock())
                 with self._timer.read() as reading:
                     snap = await commands.snapshot(conn)
                     reading.set(snap.next_release)
@@ -252,25 +217,8 @@ class PgQueue:
             with anyio.CancelScope(shield=True):
                 await pool.close()
 
-    async def _wait_for_database(self) -> None:
-        """Until a connection succeeds: one warning per failure, retried with back-off
-        (up to 10 s); ``problem()`` tells /readyz why the node is not ready."""
-        delay = 0.5
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.conninfo, connect_timeout=math.ceil(self.connect_timeout)
-                )
-            except psycopg.OperationalError as e:
-                self._problem = _one_line(e)
-                log.warning(
-                    "waiting for the queue database (retry in %gs): %s", delay, self._problem
-                )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            await conn.close()
-            return
+    def _trouble(self, problem: str) -> None:
+        self._problem = problem
 
     def problem(self) -> str | None:
         """Why the database is unreachable (the last poll or operation failed), or None."""
@@ -290,7 +238,7 @@ class PgQueue:
                     await conn.execute(b"SET LOCAL synchronous_commit = off")
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as e:
-            self._problem = _one_line(e)
+            self._problem = upkeep.one_line(e)
             raise DatabaseUnavailable(f"the queue database is unavailable: {e}") from e
 
     async def _remove_data(self, removed: ops.Removed) -> None:
@@ -373,7 +321,7 @@ class PgQueue:
                 conn, self.spool, destination, limit, lease_seconds, self.node_id, now
             )
             nxt = await ops.next_due(conn, destination)
-        self._set_due(destination, nxt)
+        self._waiters.set_due(destination, nxt)
         since = anyio.current_time()
         for lease, token in got:
             self.held.add(lease.delivery_id, token, lease_seconds, since)
@@ -432,7 +380,7 @@ class PgQueue:
         self.held.forget([id])
         if dest is None:
             return False
-        self._set_due(dest, min(due_at, self._next_due.get(dest, math.inf)))
+        self._waiters.set_due(dest, min(due_at, self._waiters.next_due.get(dest, math.inf)))
         self._notify(dest)
         return True
 
@@ -463,54 +411,30 @@ class PgQueue:
     def next_due(self, destination: str) -> float | None:
         """Clock time of the earliest pending delivery for ``destination``, or None (as
         known to this node: its own changes, notifications and the last poll)."""
-        return self._next_due.get(destination)
+        return self._waiters.next_due.get(destination)
 
     async def wait_for_work(self, destination: str, timeout: float | None = None) -> bool:
         """Return True as soon as work may be available for ``destination`` (a
         notification, a poll that found work due or leases expired, the earliest due
         time reached); False when ``timeout`` seconds passed first. Spurious wake-ups
         are possible: lease() may then return nothing."""
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        while True:
-            due = self._next_due.get(destination)
-            now = self.clock()
-            if due is not None and due <= now:
-                return True
-            remaining = math.inf if deadline is None else deadline - anyio.current_time()
-            if remaining <= 0:
-                return False
-            wait = remaining if due is None else min(remaining, due - now)
-            ev = self._events.get(destination)
-            if ev is None:
-                ev = self._events[destination] = anyio.Event()
-            with anyio.move_on_after(wait):
-                await ev.wait()
-                return True
+        return await self._waiters.wait(destination, timeout)
 
     def wake(self, destination: str) -> None:
         """Wake whoever waits for work of ``destination``."""
         self._notify(destination)
 
     def _notify(self, dest: str) -> None:
-        ev = self._events.pop(dest, None)
-        if ev is not None:
-            ev.set()
+        self._waiters.notify(dest)
 
     def _work_now(self, dest: str) -> None:
         """Work for ``dest`` is due now (a notification, a release, expired leases)."""
-        self._set_due(dest, min(self.clock(), self._next_due.get(dest, math.inf)))
+        self._waiters.set_due(dest, min(self.clock(), self._waiters.next_due.get(dest, math.inf)))
         self._notify(dest)
 
     def _wake_all(self) -> None:
         """After the listener (re)connected: notifications may have been lost."""
-        for dest in list(self._events):
-            self._notify(dest)
-
-    def _set_due(self, dest: str, due: float | None) -> None:
-        if due is None:
-            self._next_due.pop(dest, None)
-        else:
-            self._next_due[dest] = due
+        self._waiters.notify_all()
 
     # -- the cluster's numbers
 
@@ -524,12 +448,12 @@ class PgQueue:
         self._apply(snap)
 
     def _apply(self, snap: commands.Snapshot) -> None:
-        old_due = self._next_due
+        old_due = self._waiters.next_due
         self._counts = snap.counts
         self._unrouted = snap.unrouted
         self._active = snap.active
         self._oldest = dict(snap.oldest)
-        self._next_due = dict(snap.next_due)
+        self._waiters.next_due = dict(snap.next_due)
         for dest in snap.expired:
             self._work_now(dest)
         for dest, due in snap.next_due.items():
@@ -642,33 +566,13 @@ class PgQueue:
         return len(removed)
 
     async def sweep_orphans(self, min_age: float = 86_400.0) -> int:
-        """Remove spool files that no row names and that are older than ``min_age``
-        seconds (file time): left by a node that died between a commit removing rows
-        and its unlink, or by a commit whose outcome was uncertain. Younger files are
-        left alone: another node may be committing the row that names them."""
-        cutoff = time.time() - min_age
-        candidates = await anyio.to_thread.run_sync(_old_spool_ids, self.spool, cutoff)
-        gone: list[str] = []
-        for i in range(0, len(candidates), 1000):
-            chunk = candidates[i : i + 1000]
-            async with self._tx(durable=False) as conn:
-                known = await ops.known_spooled(conn, chunk)
-            gone += [ident for ident in chunk if ident not in known]
-        if gone:
-            await anyio.to_thread.run_sync(remove_all, self.spool, gone)
-            log.info("removed %d spool files without queue rows", len(gone))
-        return len(gone)
+        """Remove spool files no row names, older than ``min_age`` seconds (see
+        :func:`router.store.postgres.upkeep.sweep_orphans`)."""
+        return await upkeep.sweep_orphans(lambda: self._tx(durable=False), self.spool, min_age)
 
     async def sweep_partials(self, min_age: float = 86_400.0) -> int:
-        """Remove partial receipts of the other nodes (``tmp/<node>/``) not written to for
-        ``min_age`` seconds: left by a node that died mid-ingest and has not restarted
-        (a node clears its own at start). A receipt in progress is written to all the
-        time, so it is never that old."""
-        cutoff = time.time() - min_age
-        n = await anyio.to_thread.run_sync(_sweep_old_partials, self.spool.tmp_dir, cutoff)
-        if n:
-            log.info("removed %d partial receipts left by nodes that stopped", n)
-        return n
+        """Remove other nodes' partial receipts not written to for ``min_age`` seconds."""
+        return await upkeep.sweep_partials(self.spool.tmp_dir, min_age)
 
     async def _sweep(self) -> None:
         """Spool files no row names and partial receipts nobody writes to, older than
@@ -692,54 +596,3 @@ class PgQueue:
                 await self.housekeeping()
             except (DatabaseUnavailable, psycopg.Error) as e:
                 log.warning("queue housekeeping failed: %s", e)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _sweep_old_partials(own: Path, cutoff: float) -> int:
-    n = 0
-    for node_dir in own.parent.iterdir():
-        if node_dir == own or not node_dir.is_dir() or node_dir.is_symlink():
-            continue
-        for entry in os.scandir(node_dir):
-            try:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    n += 1
-            except FileNotFoundError:
-                pass
-    return n
-
-
-def _old_spool_ids(spool: Spool, cutoff: float) -> list[str]:
-    old: list[str] = []
-    for ident in spool.iter_ids():
-        try:
-            if spool.path_for(ident).stat().st_mtime < cutoff:
-                old.append(ident)
-        except FileNotFoundError:
-            pass
-    return old
-
-
-async def _configure(conn: ops.Conn) -> None:
-    """Every pooled connection: commits wait for the WAL flush unless a transaction
-    says otherwise (a server default of ``off`` is overridden; ``local`` and stronger
-    settings such as ``remote_apply`` are kept)."""
-    cur = await conn.execute(b"SHOW synchronous_commit")
-    row = await cur.fetchone()
-    if row is not None and row[0] == "off":
-        await conn.execute(b"SET synchronous_commit = on")
-
-
-async def _check_settings(conn: ops.Conn) -> None:
-    cur = await conn.execute(b"SHOW fsync")
-    row = await cur.fetchone()
-    if row is not None and row[0] != "on":
-        log.error(
-            "the queue database runs with fsync=%s: acknowledged instances can be lost"
-            " in a crash of the database server; set fsync = on",
-            row[0],
-        )

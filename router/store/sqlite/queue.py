@@ -49,6 +49,7 @@ from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
 from router.store.sqlite.executor import BatchResult, CommitJob, DbThread, Job
 from router.store.sqlite.schema import DB_NAME, connect, lock_storage
+from router.store.wakeups import WorkWaiters
 
 T = TypeVar("T")
 
@@ -93,9 +94,8 @@ class SqliteQueue:
         self._unrouted = 0
         self._active = 0
         self._committing = 0
-        self._next_due: dict[str, float] = {}
+        self._waiters = WorkWaiters(self.clock)
         self._oldest: dict[str, float] = {}
-        self._events: dict[str, anyio.Event] = {}
         self.transactions = 0
         self.commits = 0
         self._holds: Mapping[str, Hold] = dict(holds or {})
@@ -192,8 +192,8 @@ class SqliteQueue:
             self._set_minima(dest, mins)
         for dest, (due, created) in d.added.items():
             if dest not in res.minima:
-                old_due = self._next_due.get(dest)
-                self._next_due[dest] = due if old_due is None else min(old_due, due)
+                old_due = self._waiters.next_due.get(dest)
+                self._waiters.next_due[dest] = due if old_due is None else min(old_due, due)
                 old_age = self._oldest.get(dest)
                 self._oldest[dest] = created if old_age is None else min(old_age, created)
         for dest in d.wake:
@@ -214,19 +214,14 @@ class SqliteQueue:
 
     def _set_minima(self, dest: str, mins: tuple[float | None, float | None]) -> None:
         due, oldest = mins
-        if due is None:
-            self._next_due.pop(dest, None)
-        else:
-            self._next_due[dest] = due
+        self._waiters.set_due(dest, due)
         if oldest is None:
             self._oldest.pop(dest, None)
         else:
             self._oldest[dest] = oldest
 
     def _notify(self, dest: str) -> None:
-        ev = self._events.pop(dest, None)
-        if ev is not None:
-            ev.set()
+        self._waiters.notify(dest)
 
     def wake(self, destination: str) -> None:
         """Wake whoever waits for work of ``destination`` (e.g. after a reload removed
@@ -363,29 +358,14 @@ class SqliteQueue:
 
     def next_due(self, destination: str) -> float | None:
         """Clock time of the earliest pending delivery for ``destination``, or None."""
-        return self._next_due.get(destination)
+        return self._waiters.next_due.get(destination)
 
     async def wait_for_work(self, destination: str, timeout: float | None = None) -> bool:
         """Return True as soon as work may be available for ``destination`` (rows
         committed, retried or released, or the earliest due time reached); False when
         ``timeout`` seconds passed first. Spurious wake-ups are possible: lease() may
         then return nothing."""
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        while True:
-            due = self._next_due.get(destination)
-            now = self.clock()
-            if due is not None and due <= now:
-                return True
-            remaining = math.inf if deadline is None else deadline - anyio.current_time()
-            if remaining <= 0:
-                return False
-            wait = remaining if due is None else min(remaining, due - now)
-            ev = self._events.get(destination)
-            if ev is None:
-                ev = self._events[destination] = anyio.Event()
-            with anyio.move_on_after(wait):
-                await ev.wait()
-                return True
+        return await self._waiters.wait(destination, timeout)
 
     # -- metrics
 
