@@ -156,6 +156,22 @@ def _discard(
     return status
 
 
+def _store_failed(info: AssociationInfo, req: StoreRequest, error: OSError) -> int:
+    """Log why the data could not be stored and the status that says so: A700 (out of
+    resources: the sender may retry) for a full disk or an unreachable queue database,
+    0110 (processing failure) for any other I/O error."""
+    logs.event(
+        log,
+        logging.ERROR,
+        "store_failed",
+        assoc=info.id,
+        sop_instance_uid=req.sop_instance_uid,
+        error=str(error),
+    )
+    full = isinstance(error, QueueUnavailable) or error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
+
+
 def _text(value: Any) -> str:
     return str(value or "").strip("\x00 ")
 
@@ -321,16 +337,7 @@ class Ingest(StoreHandler):
     async def _finish(self, info: AssociationInfo, req: StoreRequest, guarded: GuardedSink) -> int:
         sink = guarded.inner
         if guarded.error is not None:
-            full = guarded.error.errno in (errno.ENOSPC, errno.EDQUOT)
-            logs.event(
-                log,
-                logging.ERROR,
-                "store_failed",
-                assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid,
-                error=str(guarded.error),
-            )
-            return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
+            return _store_failed(info, req, guarded.error)
         cfg = self._config()
         if self._free_bytes() < cfg.storage.min_free_bytes:  # it fell during receipt
             return _discard(sink, info, req, Status.OUT_OF_RESOURCES, "storage_low")
@@ -387,27 +394,10 @@ class Ingest(StoreHandler):
         except QueueUnavailable as e:
             # not committed (or not known to be): never Success; the sender retries
             sink.abort()
-            logs.event(
-                log,
-                logging.ERROR,
-                "store_failed",
-                assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid,
-                error=str(e),
-            )
-            return Status.OUT_OF_RESOURCES
+            return _store_failed(info, req, e)
         except OSError as e:
             sink.abort()
-            logs.event(
-                log,
-                logging.ERROR,
-                "store_failed",
-                assoc=info.id,
-                sop_instance_uid=req.sop_instance_uid,
-                error=str(e),
-            )
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-            return Status.OUT_OF_RESOURCES if full else Status.PROCESSING_FAILURE
+            return _store_failed(info, req, e)
         size = sink.size - sink.data_offset
         self._metrics.instance_received(size)
         if result.stored:
