@@ -63,6 +63,7 @@ _DUMMY_TEXT: Final = {
 }
 _DUMMY_BYTES: Final = {"OD": 8, "OV": 8, "OF": 4, "OL": 4}
 
+
 @dataclass(frozen=True, slots=True)
 class Code:
     """A coded concept (code value, scheme, meaning), as the code sequences carry it."""
