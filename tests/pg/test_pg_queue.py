@@ -1,6 +1,7 @@
-"""The queue on PostgreSQL, one node: the SQLite queue's semantics (states, attempts
-counted at lease time, settling, retention, dead letters, unrouted, drop_identical,
-operator filters) on a real server."""
+"""The queue on PostgreSQL, one node, on a real server: what only this backend has
+(drop_identical across its digest lock, schema checks, fencing bookkeeping, ...). The
+semantics both backends share (states, attempts, settling, retention, dead letters,
+unrouted, filters) run for both from tests/store/test_queue.py."""
 
 from __future__ import annotations
 
@@ -16,14 +17,12 @@ from router.store.spool import new_id
 from tests.pg.helpers import (
     CT,
     EXPLICIT,
-    Clock,
     Req,
     check_counters,
     commit,
     payload,
     read_source,
     running,
-    triple,
 )
 
 
@@ -51,66 +50,6 @@ async def test_commit_then_restart_the_node(pg_dsn: str, storage: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_lease_outcome_transitions(pg_dsn: str, storage: Path) -> None:
-    clock = Clock()
-    async with running(pg_dsn, storage, clock=clock) as q:
-        a = await commit(q, 100, ["pacs"], seed=1)
-        b = await commit(q, 9000, ["pacs"], seed=2)
-        c = await commit(q, 100, ["pacs"], seed=3)
-        assert q.next_due("pacs") == clock.t
-        la, lb, lc = await q.lease("pacs", 10, 30)
-        assert (la.instance_id, lb.instance_id, lc.instance_id) == (a, b, c)
-        assert q.next_due("pacs") is None
-        assert await q.lease("pacs", 10, 30) == []
-        await check_counters(q)
-        assert q.stats().counts == {("pacs", "leased"): 3}
-
-        assert await q.retry(la.delivery_id, clock.t + 10, 0xA700, "busy")
-        assert not await q.retry(la.delivery_id, clock.t + 10, 0xA700, "busy")  # not leased
-        assert q.next_due("pacs") == clock.t + 10
-        assert await q.lease("pacs", 10, 30) == []
-        clock.t += 10
-        (la2,) = await q.lease("pacs", 10, 30)
-        assert la2.delivery_id == la.delivery_id and la2.attempt == 2
-        assert await q.delivered([la2.delivery_id]) == 1
-        assert await q.failed(lb.delivery_id, 0xC000, "cannot understand")
-        assert q.spool.path_for(b).exists()  # a dead letter keeps its data
-        assert await q.delivered([lc.delivery_id], status=0xB000) == 1
-        assert await q.delivered([lc.delivery_id]) == 0  # already delivered
-        await check_counters(q)
-        assert q.stats().counts == {("pacs", "failed"): 1}
-        assert q.stats().instances == 1
-        (dead,) = await q.list_deliveries(Filter(destination="pacs"))
-        assert (dead.instance_id, dead.state, dead.attempts) == (b, "failed", 1)
-        assert (dead.last_status, dead.last_error) == (0xC000, "cannot understand")
-
-
-@pytest.mark.asyncio
-async def test_instance_done_only_when_every_destination_delivered(
-    pg_dsn: str, storage: Path
-) -> None:
-    async with running(pg_dsn, storage) as q:
-        ident = await commit(q, 9000, ["pacs", "ai"])
-        (lp,) = await q.lease("pacs", 1, 30)
-        (la,) = await q.lease("ai", 1, 30)
-        await q.delivered([lp.delivery_id])
-        assert q.spool.path_for(ident).exists()
-        await q.delivered([la.delivery_id])
-        assert not q.spool.path_for(ident).exists()
-        assert triple(await q.counts()) == ({}, 0, 0)
-
-
-@pytest.mark.asyncio
-async def test_release_does_not_count_the_attempt(pg_dsn: str, storage: Path) -> None:
-    async with running(pg_dsn, storage) as q:
-        await commit(q, 10, ["pacs"])
-        (le,) = await q.lease("pacs", 1, 30)
-        assert await q.release([le.delivery_id]) == 1
-        (le2,) = await q.lease("pacs", 1, 30)
-        assert le2.attempt == 1
-
-
-@pytest.mark.asyncio
 async def test_a_restarted_node_takes_back_its_own_leases(pg_dsn: str, storage: Path) -> None:
     async with running(pg_dsn, storage) as q:
         await commit(q, 10, ["pacs"], seed=1)
@@ -121,94 +60,6 @@ async def test_a_restarted_node_takes_back_its_own_leases(pg_dsn: str, storage: 
         assert q2.stats().counts == {("pacs", "pending"): 2}
         leases = await q2.lease("pacs", 10, 3600)
         assert [le.attempt for le in leases] == [2, 2]  # the interrupted attempt counts
-
-
-@pytest.mark.asyncio
-async def test_unrouted_instances_are_kept_counted_and_purgeable(
-    pg_dsn: str, storage: Path
-) -> None:
-    async with running(pg_dsn, storage) as q:
-        a = await commit(q, 9000, [], seed=1, study="1.9.1")
-        b = await commit(q, 10, [], seed=2, study="1.9.2")
-        await commit(q, 10, ["pacs"], seed=3, study="1.9.1")
-        await check_counters(q)
-        assert q.stats().unrouted == 2 and q.stats().instances == 3
-        everything = await q.list_deliveries()
-        assert [e.state for e in everything] == ["pending", "unrouted", "unrouted"]
-        unrouted = await q.list_deliveries(Filter(state="unrouted"))
-        assert [e.instance_id for e in unrouted] == [a, b]
-        assert await q.purge(Filter(state="unrouted", study_uid="1.9.1")) == 1
-        assert not q.spool.path_for(a).exists()
-        await check_counters(q)
-        assert q.stats().unrouted == 1
-
-
-@pytest.mark.asyncio
-async def test_retention_keeps_then_housekeeping_removes(pg_dsn: str, storage: Path) -> None:
-    clock = Clock()
-    async with running(pg_dsn, storage, clock=clock, retention=100.0) as q:
-        ident = await commit(q, 9000, ["pacs"])
-        (le,) = await q.lease("pacs", 1, 30)
-        await q.delivered([le.delivery_id])
-        assert q.spool.path_for(ident).exists()
-        assert triple(await q.counts()) == ({("pacs", "delivered"): 1}, 0, 0)
-        clock.t += 99
-        assert await q.housekeeping() == 0
-        clock.t += 1
-        assert await q.housekeeping() == 1
-        assert not q.spool.path_for(ident).exists()
-        assert triple(await q.counts()) == ({}, 0, 0)
-
-
-@pytest.mark.asyncio
-async def test_dead_letters_keep_data_and_can_be_retried(pg_dsn: str, storage: Path) -> None:
-    async with running(pg_dsn, storage) as q:
-        ident = await commit(q, 9000, ["pacs"], seed=7)
-        for _ in range(3):
-            (le,) = await q.lease("pacs", 1, 30)
-            await q.retry(le.delivery_id, 0.0, 0xA700, "busy")
-        (le,) = await q.lease("pacs", 1, 30)
-        assert le.attempt == 4
-        await q.failed(le.delivery_id, 0xA700, "gave up after 4 attempts")
-        assert q.spool.path_for(ident).exists()
-        with pytest.raises(ValueError):
-            await q.retry_failed(Filter(state="pending"))
-        assert await q.retry_failed(Filter(destination="ai")) == 0
-        assert await q.retry_failed(Filter(destination="pacs")) == 1
-        (le,) = await q.lease("pacs", 1, 30)
-        assert le.attempt == 1 and read_source(le) == payload(9000, 7)
-
-
-@pytest.mark.asyncio
-async def test_operator_filters(pg_dsn: str, storage: Path) -> None:
-    clock = Clock()
-    async with running(pg_dsn, storage, clock=clock) as q:
-        old = await commit(q, 10, ["pacs", "ai"], seed=1, study="1.9.1", received_at=clock.t - 600)
-        new = await commit(q, 10, ["pacs"], seed=2, study="1.9.2")
-        assert len(await q.list_deliveries()) == 3
-        assert [e.instance_id for e in await q.list_deliveries(Filter(min_age=300))] == [old, old]
-        assert [e.instance_id for e in await q.list_deliveries(Filter(study_uid="1.9.2"))] == [new]
-        assert len(await q.list_deliveries(Filter(destination="pacs", limit=1))) == 1
-        assert await q.list_deliveries(Filter(state="failed")) == []
-        assert await q.purge(Filter(destination="ai")) == 1  # the data stays for pacs
-        assert (triple(await q.counts()))[0] == {("pacs", "pending"): 2}
-        assert await q.purge(Filter(instance_id=old)) == 1
-        assert [e.instance_id for e in await q.list_deliveries()] == [new]
-        assert (triple(await q.counts()))[2] == 1
-
-
-@pytest.mark.asyncio
-async def test_purge_leaving_only_delivered_rows_completes_the_instance(
-    pg_dsn: str, storage: Path
-) -> None:
-    async with running(pg_dsn, storage, retention=1000.0) as q:
-        ident = await commit(q, 9000, ["pacs", "ai"])
-        (le,) = await q.lease("pacs", 1, 30)
-        await q.delivered([le.delivery_id])
-        assert (triple(await q.counts()))[2] == 1
-        await q.purge(Filter(destination="ai"))
-        assert (triple(await q.counts()))[2] == 0  # done, kept for the retention
-        assert q.spool.path_for(ident).exists()
 
 
 @pytest.mark.asyncio
@@ -336,13 +187,3 @@ async def test_a_bad_row_in_a_batch_fails_only_its_commit(pg_dsn: str, storage: 
         listed = {e.instance_id for e in await q.list_deliveries()}
         assert listed == set(outcomes.values())
         assert set(q.spool.iter_ids()) == {v for k, v in outcomes.items() if k % 2 == 0}
-
-
-@pytest.mark.asyncio
-async def test_a_lease_carries_the_study_uid(pg_dsn: str, storage: Path) -> None:
-    """A DICOMweb destination sends one study per request: the lease says which."""
-    async with running(pg_dsn, storage) as q:
-        a = await commit(q, 100, ["web"], study="1.2.840.1", seed=1)
-        b = await commit(q, 9000, ["web"], study="1.2.840.2", seed=2)
-        leases = await q.lease("web", 10, 30)
-    assert [(x.instance_id, x.study_uid) for x in leases] == [(a, "1.2.840.1"), (b, "1.2.840.2")]
