@@ -1,7 +1,8 @@
-"""The queue on PostgreSQL, one node, on a real server: what only this backend has
-(drop_identical across its digest lock, schema checks, fencing bookkeeping, ...). The
-semantics both backends share (states, attempts, settling, retention, dead letters,
-unrouted, filters) run for both from tests/store/test_queue.py."""
+"""The queue on PostgreSQL, one node, on a real server: what this backend does its own
+way (a node's restart and its old leases, drop_identical, wake-ups by NOTIFY, a bad row
+in a pipelined batch, sweeping orphan files and other nodes' partial receipts, no
+database at start). The semantics both backends share (states, attempts, settling,
+retention, dead letters, unrouted, filters) run for both in tests/store/test_queue.py."""
 
 from __future__ import annotations
 
