@@ -60,7 +60,8 @@ Extra operational metrics
     else is counted as ``other``).
 ``protocol_errors_total{kind}``
     malformed PDUs, garbage, oversized lengths... kind one of :data:`PROTOCOL_ERROR_KINDS`
-    (anything else is counted as ``other``). Invariant 5: every such event is counted.
+    (anything else is counted as ``other``): every such event is counted, so a peer
+    that misbehaves always shows up here.
 ``config_last_reload_success_timestamp_seconds``
     unix time of the last successful (re)load; alert when a reload failed after it.
 ``metrics_snapshot_errors_total``

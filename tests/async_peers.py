@@ -4,7 +4,7 @@ storescp that is ready when it accepts connections."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,6 +24,15 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, step: fl
     """Poll ``predicate()`` until it is true; TimeoutError after ``timeout`` seconds."""
     with anyio.fail_after(timeout):
         while not predicate():
+            await anyio.sleep(step)
+
+
+async def until_awaited(
+    check: Callable[[], Awaitable[object]], timeout: float = 10.0, step: float = 0.01
+) -> None:
+    """Await ``check()`` until it is true; TimeoutError after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not await check():
             await anyio.sleep(step)
 
 
@@ -49,9 +58,7 @@ async def storescp(
         return True
 
     try:
-        with anyio.fail_after(10):
-            while not await accepts():
-                await anyio.sleep(0.02)
+        await until_awaited(accepts, 10, 0.02)
         yield proc
     finally:
         proc.terminate()

@@ -5,7 +5,6 @@ counts across nodes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -15,6 +14,7 @@ import pytest
 from router.store.postgres import SCHEMA_VERSION, DatabaseUnavailable, PgQueue, migrate
 from router.store.postgres.schema import schema_version
 from router.store.queue import Filter, Lease
+from tests.async_peers import until_awaited
 from tests.pg.helpers import (
     Clock,
     check_counters,
@@ -25,13 +25,6 @@ from tests.pg.helpers import (
     triple,
 )
 from tests.pg.server import PgServer
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    """Poll ``check`` until it holds (fails the test after ``timeout`` seconds)."""
-    with anyio.fail_after(timeout):
-        while not await check():
-            await anyio.sleep(0.05)
 
 
 @pytest.mark.asyncio
@@ -127,7 +120,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off(
             taken.extend(await b.lease("pacs", 2, 3600))
             return len(taken) == 2
 
-        await eventually(b_takes_over)
+        await until_awaited(b_takes_over, 30.0, 0.05)
         assert [(le.delivery_id, le.attempt) for le in taken] == [
             (le.delivery_id, 2) for le in first
         ]
@@ -167,7 +160,7 @@ async def test_a_live_node_renews_its_leases_past_their_length(pg_dsn: str, stor
                 row = await cur.fetchone()
                 return row is not None and bool(row[0])
 
-            await eventually(past_first_lease)
+            await until_awaited(past_first_lease, 30.0, 0.05)
             cur = await conn.execute(b"SELECT lease_until > now(), leased_by FROM delivery")
             assert await cur.fetchone() == (True, "a")  # renewed while a sends
         finally:
@@ -294,7 +287,7 @@ async def test_the_database_killed_mid_commit_then_back(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(in_flight)
                 try:
-                    await eventually(insert_waits)
+                    await until_awaited(insert_waits, 30.0, 0.05)
                     await anyio.to_thread.run_sync(pg_server.kill)
                 finally:
                     await blocker.close()  # whatever happened, the commit is not held
@@ -315,12 +308,12 @@ async def test_the_database_killed_mid_commit_then_back(
                 return False
             return True
 
-        await eventually(commits_again)  # the pool reconnected by itself
+        await until_awaited(commits_again, 30.0, 0.05)  # the pool reconnected by itself
 
         async def listening_again() -> bool:
             return q.listener is not None and q.listener.connected
 
-        await eventually(listening_again)
+        await until_awaited(listening_again, 30.0, 0.05)
         assert q.listener.connections == 2
         listed = [e.instance_id for e in await q.list_deliveries()]
         assert listed == [before, after[0]]  # the in-flight one is not there, the first is

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from router.holds import Hold, HoldUntil
 from router.store.backend import QueueBackend
 from router.store.records import Filter, InstanceRecord, State
+from tests.async_peers import until_awaited
 from tests.store.helpers import CT, EXPLICIT, Backend, Clock, Req, payload
 from tests.store.test_queue import check_counters, stats
 
@@ -57,12 +57,6 @@ async def commit(
 
 async def held(q: QueueBackend, dest: str) -> list[Any]:
     return await q.list_deliveries(Filter(destination=dest, state=State.HELD))
-
-
-async def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not await predicate():
-            await anyio.sleep(0.01)
 
 
 def released_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -221,7 +215,7 @@ async def test_holds_survive_a_restart_and_one_due_meanwhile_is_released_at_star
         async def released() -> bool:
             return (await stats(q)).counts.get(("ai", "pending")) == 2
 
-        await wait_until(released, "series 1 to be released at start")
+        await until_awaited(released)  # series 1 released at start
         assert (await stats(q)).counts == {("ai", "pending"): 2, ("ai", "held"): 1}
         assert [le.instance_id for le in await q.lease("ai", 10, 60)] == first[::-1]
         (e,) = await held(q, "ai")
