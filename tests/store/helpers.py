@@ -133,13 +133,21 @@ async def commit(
     study: str = "1.2.9",
     seed: int = 0,
     received_at: float | None = None,
+    digest: str | None = None,
 ) -> str:
     sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{seed}"))
     data = payload(size, seed)
     for i in range(0, len(data), 1000):
         sink.write(data[i : i + 1000])
     rec = InstanceRecord(
-        CT, f"1.2.3.{seed}", EXPLICIT, study, "MOD", "ROUTER", received_at=received_at
+        CT,
+        f"1.2.3.{seed}",
+        EXPLICIT,
+        study,
+        "MOD",
+        "ROUTER",
+        received_at=received_at,
+        digest=digest,
     )
     return await q.commit_instance(rec, sink, dests)
 
