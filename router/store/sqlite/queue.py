@@ -167,13 +167,18 @@ class SqliteQueue:
         try:
             self._apply(res)
         finally:
+            slots = self._slots
             for j in jobs:
-                j.done.set()
-                self._slots.release()
+                if not j.done.done():
+                    j.done.set_result(None)
+                slots.release()
 
     async def _submit(self, job: Job[Any]) -> None:
         """Hand ``job`` to the DB thread (waiting while ``max_pending_jobs`` are in it)."""
-        await self._slots.acquire()
+        try:  # the usual case, without the checkpoint (a loop pass) acquire() makes
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._slots.acquire()
         db = self._db
         if not self._running or db is None:
             self._slots.release()
@@ -259,7 +264,7 @@ class SqliteQueue:
         job: Job[T] = Job(fn, durable)
         with anyio.CancelScope(shield=True):
             await self._submit(job)
-            await job.done.wait()
+            await job.done
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -314,7 +319,7 @@ class SqliteQueue:
                 except QueueClosed:
                     self.spool.remove(ident)
                     raise
-                await job.done.wait()
+                await job.done
         finally:
             self._committing -= 1
         if job.error is not None:
