@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import io
 import itertools
 import os
+import random
 import secrets
 import struct
 import sys
@@ -60,6 +62,10 @@ _HEX = frozenset("0123456789abcdef")
 _id_lock = threading.Lock()
 _last_ns = 0
 _counter = itertools.count()
+# The random tail keeps ids of several nodes apart (a cluster shares one database); it
+# need not be unpredictable, so it comes from a generator seeded from the OS once, not
+# from a getrandom() call per id.
+_tail = random.Random(secrets.randbits(64))
 
 
 def new_id() -> str:
@@ -71,7 +77,8 @@ def new_id() -> str:
             ns = _last_ns + 1
         _last_ns = ns
         n = next(_counter) & 0xFFFF
-    return f"{ns:016x}{n:04x}{secrets.randbits(16):04x}"
+        tail = _tail.getrandbits(16)
+    return f"{ns:016x}{n:04x}{tail:04x}"
 
 
 def id_from_name(name: str, suffix: str) -> str | None:
@@ -120,17 +127,19 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, "DICM" and the file meta group (explicit VR little endian)."""
-    body = b"".join(
-        (
-            _VERSION,
-            _element(0x0002, b"UI", _uid_value(sop_class_uid)),
-            _element(0x0003, b"UI", _uid_value(sop_instance_uid)),
-            _element(0x0010, b"UI", _uid_value(transfer_syntax)),
-            _IMPL,
-            _IMPL_NAME,
-        )
+    cls = _element(0x0002, b"UI", _uid_value(sop_class_uid))
+    inst = _element(0x0003, b"UI", _uid_value(sop_instance_uid))
+    tail = _meta_tail(transfer_syntax)
+    length = len(_VERSION) + len(cls) + len(inst) + len(tail)
+    return b"".join(
+        (_PREAMBLE, _element(0x0000, b"UL", struct.pack("<I", length)), _VERSION, cls, inst, tail)
     )
-    return _PREAMBLE + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_tail(transfer_syntax: str) -> bytes:
+    """The elements after the instance UID; the same for every instance of a syntax."""
+    return _element(0x0010, b"UI", _uid_value(transfer_syntax)) + _IMPL + _IMPL_NAME
 
 
 def fsync_dir(path: Path) -> None:
