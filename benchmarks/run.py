@@ -8,14 +8,18 @@ Scenarios (default: all of them; --only picks, --skip leaves out):
   acceptor        storescu -> benchmarks.acceptor_server (router.dicom.Acceptor + FileSink)
   requestor       benchmarks.requestor_client (router.dicom.associate/c_store) -> storescp
   router          storescu -> `python -m router run` -> storescp (skipped until router.app exists)
+  router-paced    benchmarks.requestor_client paced at half of router's median rate (after
+                  every round of the others) -> router -> storescp: receipt-to-delivery
+                  latency of each instance, below saturation
   router-ingest   storescu -> `python -m router run` with no rule: the durable ingest alone
   acceptor-nagle  storescu with Nagle on (no TCP_NODELAY) -> acceptor_server
   requestor-nagle benchmarks.requestor_client -> storescp with Nagle on (no TCP_NODELAY)
 
-Each scenario runs K times per size, interleaved (the order rotates every round); the
-table shows medians and each scenario's rate as a ratio of the dcmtk-pair median of the
-same size in the same invocation. Results go to bench-results/<timestamp>.json. The exit
-status is 0 whether targets are met or not (1 only for bad usage or no usable run).
+Each scenario runs K times per size, interleaved (the order rotates every round), and
+router-paced K times per size after them (it needs router's median rate); the table shows
+medians and each scenario's rate as a ratio of the dcmtk-pair median of the same size in
+the same invocation. Results go to bench-results/<timestamp>.json. The exit status is 0
+whether targets are met or not (1 only for bad usage or no usable run).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from benchmarks.common import TRASH, InputSet, RunResult, Settings, dumps
 from benchmarks.dicomfiles import read_meta
 from benchmarks.durable import durable_limit
 from benchmarks.orthanc_runs import orthanc_available
+from benchmarks.paced_runs import NAME as PACED
+from benchmarks.pacing import paced_rate
 from benchmarks.procs import BenchError, kill_all
 from benchmarks.report import print_table, summarize, verdicts
 from benchmarks.router_runs import router_available
@@ -102,6 +108,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "router's disk and slow its syncs; a tmpfs here (e.g. /dev/shm) keeps them apart "
         "as a network would. Applies to the reference pair alike",
     )
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        metavar="R",
+        help=f"instances/s for {PACED} at a size router has no run of in this invocation "
+        "(else that size is skipped); with router's runs, half of their median is used",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data, outputs and logs")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench-results")
     args = p.parse_args(argv)
@@ -125,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scenarios = names
     if args.runs < 1:
         p.error("--runs must be at least 1")
+    if args.paced_rate is not None and not args.paced_rate > 0:
+        p.error("--paced-rate must be > 0")
     try:
         args.size_sets = parse_sizes(args.sizes)
     except ValueError as exc:
@@ -234,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = list(args.scenarios)
     skipped: dict[str, str] = {}
-    if "router" in scenarios:
+    if "router" in scenarios or PACED in scenarios:
         why = router_available()
-        if why is not None:
-            skipped["router"] = why
-            scenarios.remove("router")
-            progress(f"skipping scenario router: {why}")
+        for name in ("router", PACED):
+            if why is not None and name in scenarios:
+                skipped[name] = why
+                scenarios.remove(name)
+                progress(f"skipping scenario {name}: {why}")
     no_orthanc = orthanc_available()
     for name in ORTHANC_SCENARIOS:
         if name in scenarios and no_orthanc is not None:
@@ -271,37 +287,58 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(
             settings, defer_cleanup=_room_to_defer_cleanup(workdir, args, inputs, len(scenarios))
         )
+        rotating = [s for s in scenarios if s != PACED]
         n = 0
+
+        def run_one(name: str, inp: InputSet, rnd: int, run_settings: Settings) -> None:
+            nonlocal n
+            n += 1
+            tag = f"[{n}/{total}] round {rnd} {inp.name:<5} {name:<14}"
+            try:
+                r = SCENARIOS[name](run_settings, inp, rnd)
+            except BenchError as exc:
+                failures.append(
+                    {"scenario": name, "size": inp.name, "round": rnd, "error": str(exc)}
+                )
+                progress(f"{tag} FAILED: {exc}")
+                return
+            results.append(r)
+            if name == "dcmtk-pair":
+                limit = durable_limit(r, inp, workdir)
+                results.append(limit)
+                progress(f"{tag} durable-limit {limit.rate:7.0f} inst/s ({limit.notes[0]})")
+            ours = "" if r.cpu_ours_s is None else f" (ours {r.cpu_ours_s:.2f})"
+            rss = "" if r.peak_rss_ours_mib is None else f" rss {r.peak_rss_ours_mib:.0f} MiB"
+            lat = "" if r.latency_p99_s is None else f" p99 {r.latency_p99_s * 1e3:.1f} ms"
+            progress(
+                f"{tag} {r.rate:7.0f} inst/s {r.mb_s:7.1f} MB/s "
+                f"{r.wall_s:6.2f} s cpu {r.cpu_s:.2f} s{ours}{rss}{lat}"
+            )
+
         for rnd in range(1, args.runs + 1):
-            for inp in inputs:
-                k = (rnd - 1) % len(scenarios)
-                order = scenarios[k:] + scenarios[:k]  # rotate: no scenario always goes first
+            for inp in inputs if rotating else []:
+                k = (rnd - 1) % len(rotating)
+                order = rotating[k:] + rotating[:k]  # rotate: no scenario always goes first
                 for name in order:
                     if name.endswith("-4senders") and inp.name != args.concurrent_size:
                         continue
-                    n += 1
-                    tag = f"[{n}/{total}] round {rnd} {inp.name:<5} {name:<14}"
-                    try:
-                        r = SCENARIOS[name](settings, inp, rnd)
-                    except BenchError as exc:
-                        failures.append(
-                            {"scenario": name, "size": inp.name, "round": rnd, "error": str(exc)}
-                        )
-                        progress(f"{tag} FAILED: {exc}")
-                        continue
-                    results.append(r)
-                    if name == "dcmtk-pair":
-                        limit = durable_limit(r, inp, workdir)
-                        results.append(limit)
-                        progress(f"{tag} durable-limit {limit.rate:7.0f} inst/s ({limit.notes[0]})")
-                    ours = "" if r.cpu_ours_s is None else f" (ours {r.cpu_ours_s:.2f})"
-                    rss = (
-                        "" if r.peak_rss_ours_mib is None else f" rss {r.peak_rss_ours_mib:.0f} MiB"
+                    run_one(name, inp, rnd, settings)
+        # router-paced last: its rate is half of router's median, so router's runs come first
+        for rnd in range(1, args.runs + 1):
+            for inp in inputs if PACED in scenarios else []:
+                router_rates = [
+                    r.rate for r in results if r.scenario == "router" and r.size == inp.name
+                ]
+                plan = paced_rate(router_rates, args.paced_rate)
+                if plan is None:
+                    skipped[f"{PACED} {inp.name}"] = (
+                        f"no run of router at {inp.name} in this invocation to take half of; "
+                        "run it too (--only router,router-paced) or give --paced-rate R"
                     )
-                    progress(
-                        f"{tag} {r.rate:7.0f} inst/s {r.mb_s:7.1f} MB/s "
-                        f"{r.wall_s:6.2f} s cpu {r.cpu_s:.2f} s{ours}{rss}"
-                    )
+                    continue
+                rate, basis = plan
+                paced = dataclasses.replace(settings, paced_rate=rate, paced_basis=basis)
+                run_one(PACED, inp, rnd, paced)
     except KeyboardInterrupt:
         interrupted = True
         progress("interrupted: stopping children, reporting what was measured")
@@ -342,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
             "sizes": [list(x) for x in args.size_sets],
             "concurrent_size": args.concurrent_size,
+            "paced_rate": args.paced_rate,
             "pdu": args.pdu,
             "storescp_bit_preserving": args.bit_preserving,
             "dest_dir": str(args.dest_dir) if args.dest_dir else None,
