@@ -271,11 +271,12 @@ def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], 
     for r in rows:
         if r["scenario"] == "durable-limit":
             print(f"durable-limit {r['size']}: sync p50 {_fmt(r['sync_ms'], '.3f')} ms")
-    print("p50/p99 lat (s) = receipt to delivery: router from its /metrics histogram")
-    print("(delivery_latency_seconds, interpolated inside buckets 10/25/50/100 ms: it cannot")
-    print(f"tell 30 from 45 ms); {PACED} per instance: the time storescp closed the file")
-    print("(its mtime) minus the time the sender got the Success, so the table shows that;")
-    print("the histogram is printed below as a cross-check")
+    if any(r["latency_p99_s"] is not None for r in rows):
+        print("p50/p99 lat (s) = receipt to delivery: router from its /metrics histogram")
+        print("(delivery_latency_seconds, interpolated inside buckets 10/25/50/100 ms: it")
+        print(f"cannot tell 30 from 45 ms); {PACED} per instance: the time storescp closed the")
+        print("file (its mtime) minus the time the sender got the Success, so the table shows")
+        print("that; the histogram is printed below as a cross-check")
     for r in rows:
         _print_paced(r)
     if checks:

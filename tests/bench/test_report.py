@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.common import Paced, RunResult
 from benchmarks.paced_runs import delivered_times, read_acks
-from benchmarks.report import summarize, verdicts
+from benchmarks.report import print_table, summarize, verdicts
 from benchmarks.run import parse_args
 from benchmarks.scenarios import DEFAULT_SCENARIOS
 
@@ -82,6 +82,18 @@ def test_the_paced_row_has_no_ratio_to_the_direct_path() -> None:
     assert row["vs_durable_limit_paired"] is None
     assert isinstance(row["paced"], dict)
     assert row["paced"]["metrics_share_le_50ms"] == pytest.approx(0.995)
+
+
+def test_the_table_says_which_latency_it_shows_and_prints_the_cross_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = summarize([result("router-paced", 2.0, 0.0386, paced())], [])
+    print_table(rows, verdicts(rows, {"8k": 8192}), "now")
+    out = capsys.readouterr().out
+    assert "router-paced per instance" in out
+    assert "per instance p50 19.3 ms p99 38.6 ms" in out
+    assert "router histogram: p50 20.0 ms p99 50.0 ms (interpolated), 99.5% <= 50 ms" in out
+    assert "PASS  router-paced     8k     p99 receipt-to-delivery < 50 ms at half max rate" in out
 
 
 def test_make_bench_runs_router_paced_by_default() -> None:
