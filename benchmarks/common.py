@@ -47,11 +47,29 @@ class Settings:
     python: str = sys.executable
     keep_logs: bool = False
     dest_dir: Path | None = None  # where the instances received are written (--dest-dir)
+    paced_rate: float | None = None  # router-paced: instances/s; set per size by run.py
+    paced_basis: str = ""  # router-paced: where paced_rate came from
     # move finished runs aside instead of deleting them (see RunDir.close)
     defer_cleanup: bool = False
 
 
 TRASH = ".trash"
+
+
+@dataclass(frozen=True)
+class Paced:
+    """What a `router-paced` run adds: the rate it was paced at and the cross-checks."""
+
+    rate: float  # instances/s asked of the sender
+    basis: str  # where the rate came from: half of `router`'s median, or --paced-rate
+    behind: int  # sends that went out a whole slot (1/rate) or more late
+    max_lag_s: float  # the latest send, behind its slot
+    negative: int  # files closed before the sender saw their Success (counted as 0)
+    # the router's own delivery_latency_seconds over the run: quantiles interpolated
+    # inside its buckets, and the exact share at or below 50 ms (a bucket edge)
+    metrics_p50_s: float | None
+    metrics_p99_s: float | None
+    metrics_share_le_50ms: float | None
 
 
 @dataclass
@@ -70,6 +88,7 @@ class RunResult:
     latency_p99_s: float | None = None
     latency_source: str | None = None
     sync_s: float | None = None  # durable-limit only: median pwrite + fdatasync of one file
+    paced: Paced | None = None  # router-paced only
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -236,3 +236,18 @@ def read_line(proc: subprocess.Popen[bytes], deadline: float, what: str) -> str:
                 raise BenchError(f"{what} closed stdout (exit {proc.poll()}) before a line")
             buf += chunk
     return buf.decode(errors="replace").strip()
+
+
+def open_paths(pid: int) -> set[str]:
+    """The files a process has open now (empty once it has exited): a receiver's file
+    that is still open is not whole yet, and its mtime is not the time it was closed."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    paths: set[str] = set()
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return paths
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            paths.add(os.readlink(fd))
+    return paths

@@ -114,9 +114,9 @@ _BUCKET = re.compile(
 _LE = re.compile(r'le="([^"]+)"')
 
 
-def histogram_quantiles(metrics_text: str, qs: tuple[float, ...]) -> list[float] | None:
-    """Quantiles of delivery_latency_seconds (summed over destinations), as Prometheus'
-    histogram_quantile computes them: linear interpolation inside the bucket."""
+def histogram_buckets(metrics_text: str) -> dict[float, float]:
+    """delivery_latency_seconds' cumulative buckets (upper bound -> count), summed over
+    destinations; empty when /metrics has none."""
     buckets: dict[float, float] = {}
     for line in metrics_text.splitlines():
         m = _BUCKET.match(line)
@@ -127,6 +127,13 @@ def histogram_quantiles(metrics_text: str, qs: tuple[float, ...]) -> list[float]
             continue
         bound = float(le.group(1).replace("+Inf", "inf"))
         buckets[bound] = buckets.get(bound, 0.0) + float(m.group("value"))
+    return buckets
+
+
+def histogram_quantiles(metrics_text: str, qs: tuple[float, ...]) -> list[float] | None:
+    """Quantiles of delivery_latency_seconds (summed over destinations), as Prometheus'
+    histogram_quantile computes them: linear interpolation inside the bucket."""
+    buckets = histogram_buckets(metrics_text)
     if not buckets:
         return None
     bounds = sorted(buckets)

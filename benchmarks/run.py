@@ -8,14 +8,18 @@ Scenarios (default: all of them; --only picks, --skip leaves out):
   acceptor        storescu -> benchmarks.acceptor_server (router.dicom.Acceptor + FileSink)
   requestor       benchmarks.requestor_client (router.dicom.associate/c_store) -> storescp
   router          storescu -> `python -m router run` -> storescp (skipped until router.app exists)
+  router-paced    benchmarks.requestor_client paced at half of router's median rate (after
+                  every round of the others) -> router -> storescp: receipt-to-delivery
+                  latency of each instance, below saturation
   router-ingest   storescu -> `python -m router run` with no rule: the durable ingest alone
   acceptor-nagle  storescu with Nagle on (no TCP_NODELAY) -> acceptor_server
   requestor-nagle benchmarks.requestor_client -> storescp with Nagle on (no TCP_NODELAY)
 
-Each scenario runs K times per size, interleaved (the order rotates every round); the
-table shows medians and each scenario's rate as a ratio of the dcmtk-pair median of the
-same size in the same invocation. Results go to bench-results/<timestamp>.json. The exit
-status is 0 whether targets are met or not (1 only for bad usage or no usable run).
+Each scenario runs K times per size, interleaved (the order rotates every round), and
+router-paced K times per size after them (it needs router's median rate); the table shows
+medians and each scenario's rate as a ratio of the dcmtk-pair median of the same size in
+the same invocation. Results go to bench-results/<timestamp>.json. The exit status is 0
+whether targets are met or not (1 only for bad usage or no usable run).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,14 +43,15 @@ from benchmarks.common import TRASH, InputSet, RunResult, Settings, dumps
 from benchmarks.dicomfiles import read_meta
 from benchmarks.durable import durable_limit
 from benchmarks.orthanc_runs import orthanc_available
+from benchmarks.paced_runs import NAME as PACED
+from benchmarks.pacing import paced_rate
 from benchmarks.procs import BenchError, kill_all
+from benchmarks.report import print_table, summarize, verdicts
 from benchmarks.router_runs import router_available
 from benchmarks.scenarios import (
     DEFAULT_SCENARIOS,
     ORTHANC_SCENARIOS,
-    RSS_LIMIT_MIB,
     SCENARIOS,
-    TARGETS,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,6 +108,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "router's disk and slow its syncs; a tmpfs here (e.g. /dev/shm) keeps them apart "
         "as a network would. Applies to the reference pair alike",
     )
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        metavar="R",
+        help=f"instances/s for {PACED} at a size router has no run of in this invocation "
+        "(else that size is skipped); with router's runs, half of their median is used",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data, outputs and logs")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench-results")
     args = p.parse_args(argv)
@@ -127,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scenarios = names
     if args.runs < 1:
         p.error("--runs must be at least 1")
+    if args.paced_rate is not None and not args.paced_rate > 0:
+        p.error("--paced-rate must be > 0")
     try:
         args.size_sets = parse_sizes(args.sizes)
     except ValueError as exc:
@@ -195,239 +208,6 @@ def make_inputs(workdir: Path, args: argparse.Namespace) -> list[InputSet]:
     return sets
 
 
-def _median(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _paired_ratio(
-    results: list[RunResult], scenario: str, size: str, reference: str
-) -> float | None:
-    """Median over rounds of (rate / the reference's rate in the same round): less noisy."""
-    ref = {r.round: r.rate for r in results if r.scenario == reference and r.size == size}
-    ratios = [
-        r.rate / ref[r.round]
-        for r in results
-        if r.scenario == scenario and r.size == size and r.round in ref
-    ]
-    return statistics.median(ratios) if ratios else None
-
-
-def reference_of(scenario: str) -> str:
-    """The direct DCMTK path a scenario is compared with."""
-    return "dcmtk-pair-4senders" if scenario.endswith("-4senders") else "dcmtk-pair"
-
-
-def _per_instance_ms(seconds: float | None, instances: int) -> float | None:
-    return None if seconds is None else seconds / instances * 1e3
-
-
-def _ratio(value: float, reference: float | None) -> float | None:
-    return value / reference if reference else None
-
-
-def summarize(
-    results: list[RunResult], failures: list[dict[str, object]]
-) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    keys: list[tuple[str, str]] = []
-    for r in results:
-        if (r.scenario, r.size) not in keys:
-            keys.append((r.scenario, r.size))
-
-    def median_rate(scenario: str, size: str) -> float | None:
-        return _median([r.rate for r in results if r.scenario == scenario and r.size == size])
-
-    for scenario, size in keys:
-        rs = [r for r in results if r.scenario == scenario and r.size == size]
-        rate = statistics.median(r.rate for r in rs)
-        row: dict[str, object] = {
-            "scenario": scenario,
-            "size": size,
-            "instances": rs[0].instances,
-            "runs": len(rs),
-            "failed_runs": sum(
-                1 for f in failures if f["scenario"] == scenario and f["size"] == size
-            ),
-            "instances_per_s": rate,
-            "mb_per_s": statistics.median(r.mb_s for r in rs),
-            "wall_s": statistics.median(r.wall_s for r in rs),
-            "cpu_s": statistics.median(r.cpu_s for r in rs),
-            "cpu_ours_s": _median([r.cpu_ours_s for r in rs]),
-            "cpu_peers_s": statistics.median(r.cpu_peers_s for r in rs),
-            "peak_rss_ours_mib": max(
-                (r.peak_rss_ours_mib for r in rs if r.peak_rss_ours_mib is not None), default=None
-            ),
-            "peak_rss_peers_mib": max(r.peak_rss_peers_mib for r in rs),
-            "latency_p50_s": _median([r.latency_p50_s for r in rs]),
-            "latency_p99_s": _median([r.latency_p99_s for r in rs]),
-            "latency_source": next((r.latency_source for r in rs if r.latency_source), None),
-            "reference": reference_of(scenario),
-            "ratio": _ratio(rate, median_rate(reference_of(scenario), size)),
-            "ratio_paired_median": _paired_ratio(results, scenario, size, reference_of(scenario)),
-            "vs_durable_limit": _ratio(rate, median_rate("durable-limit", size)),
-            "vs_durable_limit_paired": _paired_ratio(results, scenario, size, "durable-limit"),
-            "sync_ms": _median([None if r.sync_s is None else r.sync_s * 1e3 for r in rs]),
-            "cpu_ms_per_instance": {
-                "ours": _per_instance_ms(_median([r.cpu_ours_s for r in rs]), rs[0].instances),
-                **{
-                    tool: _per_instance_ms(
-                        statistics.median(r.cpu_peers.get(tool, 0.0) for r in rs),
-                        rs[0].instances,
-                    )
-                    for tool in sorted({t for r in rs for t in r.cpu_peers})
-                },
-            },
-        }
-        rows.append(row)
-    for row in rows:  # the DCMTK peers' CPU of the direct path, beside ours
-        ref = next(
-            (r for r in rows if r["scenario"] == row["reference"] and r["size"] == row["size"]),
-            None,
-        )
-        row["cpu_ms_per_instance_direct_peers"] = None if ref is None else _peers_ms(ref)
-    return rows
-
-
-def _peers_ms(row: dict[str, object]) -> float | None:
-    """storescu + storescp CPU ms per instance of a row (None if it has none)."""
-    cpu = row["cpu_ms_per_instance"]
-    assert isinstance(cpu, dict)
-    peers = [v for k, v in cpu.items() if k != "ours" and isinstance(v, float)]
-    return sum(peers) if peers else None
-
-
-#: issue targets for the router itself: rate against the durable limit, CPU against the
-#: direct pair's storescu + storescp (the looser bound above SMALL_MAX bytes)
-LIMIT_TARGET = 0.7
-CPU_TARGET_SMALL, CPU_TARGET_LARGE, SMALL_MAX = 2.5, 2.0, 64 * 1024
-
-
-def verdicts(
-    rows: list[dict[str, object]], sizes: dict[str, int] | None = None
-) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-
-    def check(row: dict[str, object], what: str, value: object, ok: bool) -> None:
-        out.append(
-            {
-                "scenario": row["scenario"],
-                "size": row["size"],
-                "check": what,
-                "value": value,
-                "pass": ok,
-            }
-        )
-
-    for row in rows:
-        scenario = str(row["scenario"])
-        if scenario in TARGETS:
-            ratio = row["ratio"]
-            target = TARGETS[scenario]
-            ok = isinstance(ratio, float) and ratio >= target
-            check(row, f"rate >= {target:.1f}x {row['reference']}", ratio, ok)
-        if scenario == "router":
-            vs = row["vs_durable_limit"]
-            ok = isinstance(vs, float) and vs >= LIMIT_TARGET
-            check(row, f"rate >= {LIMIT_TARGET:.1f}x durable-limit", vs, ok)
-        if scenario in ("router", "router-4senders"):
-            cpu = row["cpu_ms_per_instance"]
-            direct = row["cpu_ms_per_instance_direct_peers"]
-            assert isinstance(cpu, dict)
-            ours = cpu.get("ours")
-            size = (sizes or {}).get(str(row["size"]), 0)
-            bound = CPU_TARGET_SMALL if size <= SMALL_MAX else CPU_TARGET_LARGE
-            if isinstance(ours, float) and isinstance(direct, float) and direct > 0:
-                factor = ours / direct
-                check(row, f"CPU/inst <= {bound:.1f}x direct peers'", factor, factor <= bound)
-        rss = row["peak_rss_ours_mib"]
-        if isinstance(rss, float):
-            check(row, f"peak RSS < {RSS_LIMIT_MIB:.0f} MiB", rss, rss < RSS_LIMIT_MIB)
-    return out
-
-
-def _fmt(v: object, spec: str) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int | float):
-        return format(v, spec)
-    return str(v)
-
-
-def print_table(rows: list[dict[str, object]], checks: list[dict[str, object]], when: str) -> None:
-    header = (
-        "scenario",
-        "size",
-        "n",
-        "runs",
-        "inst/s",
-        "MB/s",
-        "ratio",
-        "paired",
-        "vs limit",
-        "ms CPU/inst ours",
-        "storescu",
-        "storescp",
-        "RSS ours",
-        "p50 lat",
-        "p99 lat",
-    )
-    table = [header]
-    for r in rows:
-        runs = f"{r['runs']}" + (f"+{r['failed_runs']}F" if r["failed_runs"] else "")
-        cpu = r["cpu_ms_per_instance"]
-        assert isinstance(cpu, dict)
-        vs = r["vs_durable_limit_paired"] if r["vs_durable_limit_paired"] is not None else None
-        table.append(
-            (
-                str(r["scenario"]),
-                str(r["size"]),
-                str(r["instances"]),
-                runs,
-                _fmt(r["instances_per_s"], ".0f"),
-                _fmt(r["mb_per_s"], ".1f"),
-                _fmt(r["ratio"], ".2f") + ("x" if r["ratio"] is not None else ""),
-                _fmt(r["ratio_paired_median"], ".2f"),
-                _fmt(vs, ".2f"),
-                _fmt(cpu.get("ours"), ".2f"),
-                _fmt(cpu.get("storescu"), ".2f"),
-                _fmt(cpu.get("storescp"), ".2f"),
-                _fmt(r["peak_rss_ours_mib"], ".1f") + (" MiB" if r["peak_rss_ours_mib"] else ""),
-                _fmt(r["latency_p50_s"], ".3f"),
-                _fmt(r["latency_p99_s"], ".3f"),
-            )
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    left = {0, 1}
-    print(f"\nbenchmark results, {when}: medians of each column over the runs")
-    print("ratio = median inst/s / median inst/s of the direct DCMTK path (dcmtk-pair, or")
-    print("dcmtk-pair-4senders for the -4senders rows), same size, this invocation;")
-    print("paired = median over rounds of inst/s / the same round's direct inst/s;")
-    print("vs limit = the same, paired, against durable-limit: the round's dcmtk-pair time per")
-    print("instance + one measured pwrite+fdatasync of that size on the router's file system")
-    for n, row in enumerate(table):
-        cells = [
-            c.ljust(w) if i in left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    print("ms CPU/inst = user+sys milliseconds per instance of our process (acceptor,")
-    print("requestor or router) and of the DCMTK peers (storescp with --fork: all its")
-    print("processes); MB = 10^6 bytes; RSS ours = peak resident set of our process.")
-    for r in rows:
-        if r["scenario"] == "durable-limit":
-            print(f"durable-limit {r['size']}: sync p50 {_fmt(r['sync_ms'], '.3f')} ms")
-    if checks:
-        print()
-        for c in checks:
-            value = c["value"]
-            shown = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else value
-            verdict = "PASS" if c["pass"] else "MISS"
-            print(f"{verdict}  {c['scenario']:<16} {c['size']:<6} {c['check']:<36} {shown}")
-
-
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -469,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = list(args.scenarios)
     skipped: dict[str, str] = {}
-    if "router" in scenarios:
+    if "router" in scenarios or PACED in scenarios:
         why = router_available()
-        if why is not None:
-            skipped["router"] = why
-            scenarios.remove("router")
-            progress(f"skipping scenario router: {why}")
+        for name in ("router", PACED):
+            if why is not None and name in scenarios:
+                skipped[name] = why
+                scenarios.remove(name)
+                progress(f"skipping scenario {name}: {why}")
     no_orthanc = orthanc_available()
     for name in ORTHANC_SCENARIOS:
         if name in scenarios and no_orthanc is not None:
@@ -506,37 +287,58 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(
             settings, defer_cleanup=_room_to_defer_cleanup(workdir, args, inputs, len(scenarios))
         )
+        rotating = [s for s in scenarios if s != PACED]
         n = 0
+
+        def run_one(name: str, inp: InputSet, rnd: int, run_settings: Settings) -> None:
+            nonlocal n
+            n += 1
+            tag = f"[{n}/{total}] round {rnd} {inp.name:<5} {name:<14}"
+            try:
+                r = SCENARIOS[name](run_settings, inp, rnd)
+            except BenchError as exc:
+                failures.append(
+                    {"scenario": name, "size": inp.name, "round": rnd, "error": str(exc)}
+                )
+                progress(f"{tag} FAILED: {exc}")
+                return
+            results.append(r)
+            if name == "dcmtk-pair":
+                limit = durable_limit(r, inp, workdir)
+                results.append(limit)
+                progress(f"{tag} durable-limit {limit.rate:7.0f} inst/s ({limit.notes[0]})")
+            ours = "" if r.cpu_ours_s is None else f" (ours {r.cpu_ours_s:.2f})"
+            rss = "" if r.peak_rss_ours_mib is None else f" rss {r.peak_rss_ours_mib:.0f} MiB"
+            lat = "" if r.latency_p99_s is None else f" p99 {r.latency_p99_s * 1e3:.1f} ms"
+            progress(
+                f"{tag} {r.rate:7.0f} inst/s {r.mb_s:7.1f} MB/s "
+                f"{r.wall_s:6.2f} s cpu {r.cpu_s:.2f} s{ours}{rss}{lat}"
+            )
+
         for rnd in range(1, args.runs + 1):
-            for inp in inputs:
-                k = (rnd - 1) % len(scenarios)
-                order = scenarios[k:] + scenarios[:k]  # rotate: no scenario always goes first
+            for inp in inputs if rotating else []:
+                k = (rnd - 1) % len(rotating)
+                order = rotating[k:] + rotating[:k]  # rotate: no scenario always goes first
                 for name in order:
                     if name.endswith("-4senders") and inp.name != args.concurrent_size:
                         continue
-                    n += 1
-                    tag = f"[{n}/{total}] round {rnd} {inp.name:<5} {name:<14}"
-                    try:
-                        r = SCENARIOS[name](settings, inp, rnd)
-                    except BenchError as exc:
-                        failures.append(
-                            {"scenario": name, "size": inp.name, "round": rnd, "error": str(exc)}
-                        )
-                        progress(f"{tag} FAILED: {exc}")
-                        continue
-                    results.append(r)
-                    if name == "dcmtk-pair":
-                        limit = durable_limit(r, inp, workdir)
-                        results.append(limit)
-                        progress(f"{tag} durable-limit {limit.rate:7.0f} inst/s ({limit.notes[0]})")
-                    ours = "" if r.cpu_ours_s is None else f" (ours {r.cpu_ours_s:.2f})"
-                    rss = (
-                        "" if r.peak_rss_ours_mib is None else f" rss {r.peak_rss_ours_mib:.0f} MiB"
+                    run_one(name, inp, rnd, settings)
+        # router-paced last: its rate is half of router's median, so router's runs come first
+        for rnd in range(1, args.runs + 1):
+            for inp in inputs if PACED in scenarios else []:
+                router_rates = [
+                    r.rate for r in results if r.scenario == "router" and r.size == inp.name
+                ]
+                plan = paced_rate(router_rates, args.paced_rate)
+                if plan is None:
+                    skipped[f"{PACED} {inp.name}"] = (
+                        f"no run of router at {inp.name} in this invocation to take half of; "
+                        "run it too (--only router,router-paced) or give --paced-rate R"
                     )
-                    progress(
-                        f"{tag} {r.rate:7.0f} inst/s {r.mb_s:7.1f} MB/s "
-                        f"{r.wall_s:6.2f} s cpu {r.cpu_s:.2f} s{ours}{rss}"
-                    )
+                    continue
+                rate, basis = plan
+                paced = dataclasses.replace(settings, paced_rate=rate, paced_basis=basis)
+                run_one(PACED, inp, rnd, paced)
     except KeyboardInterrupt:
         interrupted = True
         progress("interrupted: stopping children, reporting what was measured")
@@ -577,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
             "sizes": [list(x) for x in args.size_sets],
             "concurrent_size": args.concurrent_size,
+            "paced_rate": args.paced_rate,
             "pdu": args.pdu,
             "storescp_bit_preserving": args.bit_preserving,
             "dest_dir": str(args.dest_dir) if args.dest_dir else None,

@@ -237,6 +237,7 @@ def run_requestor_nagle(settings: Settings, inputs: InputSet, rnd: int) -> RunRe
 
 from benchmarks.cluster_runs import run_router_2nodes  # noqa: E402
 from benchmarks.orthanc_runs import run_router_cstore_orthanc, run_router_stow  # noqa: E402
+from benchmarks.paced_runs import run_router_paced  # noqa: E402
 from benchmarks.router_runs import (  # noqa: E402
     run_router,
     run_router_2senders,
@@ -255,6 +256,7 @@ SCENARIOS: dict[str, Runner] = {
     "acceptor": run_acceptor,
     "requestor": run_requestor,
     "router": run_router,
+    "router-paced": run_router_paced,
     "router-ingest": run_router_ingest,
     "router-pg": run_router_pg,
     "router-2senders": run_router_2senders,
@@ -272,6 +274,8 @@ DEFAULT_SCENARIOS = (
     "acceptor",
     "requestor",
     "router",
+    # after every round of the others: paced at half of router's median (run.py)
+    "router-paced",
     "router-ingest",
     "acceptor-nagle",
     "requestor-nagle",
