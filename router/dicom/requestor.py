@@ -42,6 +42,7 @@ from router.dicom.errors import (
     NoPresentationContext,
     ProtocolError,
 )
+from router.dicom.framing import PDataFramer, SlotWriter, copy_into, read_into
 from router.dicom.pdu import (
     COMMAND,
     DEFAULT_MAX_PDU,
@@ -62,8 +63,6 @@ log = logging.getLogger("router.dicom.requestor")
 
 #: a piece of a data set sent by :meth:`Association.c_store`: bytes, or a file range
 Segment = bytes | bytearray | memoryview | tuple[Path, int, int]
-
-READ_CHUNK = 256 * 1024  # measured: 1 MiB buffers fall out of cache and send slower
 
 
 class ConnectTimeout(ConnectError, DicomTimeout):
@@ -96,6 +95,7 @@ class Association:
         self._message_id = 0
         self._dirty = False
         self._label = label
+        self._framer: PDataFramer | None = None  # made at the first C-STORE
         self.peer_max_pdu = peer_max_pdu
 
     # -- introspection ---------------------------------------------------------
@@ -245,142 +245,84 @@ class Association:
 
         ``source`` may also be a list or tuple of segments sent one after the other as one
         data set: bytes, or ``(path, offset, length)`` ranges of files (a rewritten header
-        around pixel data read from the spool); ``offset`` and ``length`` are then unused."""
-        if not isinstance(source, bytes | bytearray | memoryview | Path):
-            if offset or length is not None:
-                raise ValueError("offset and length do not apply to a list of segments")
-            op = self._c_store_segments(
-                sop_class_uid, sop_instance_uid, transfer_syntax, source, priority
-            )
-        else:
-            op = self._c_store(
+        around pixel data read from the spool); ``offset`` and ``length`` are then unused.
+        Every range is checked before the first byte goes out (ValueError: the
+        association stays usable)."""
+        segments = not isinstance(source, bytes | bytearray | memoryview | Path)
+        if segments and (offset or length is not None):
+            raise ValueError("offset and length do not apply to a list of segments")
+        result: StoreResponse = await self._operation(
+            self._c_store(
                 sop_class_uid, sop_instance_uid, transfer_syntax, source, offset, length, priority
             )
-        result: StoreResponse = await self._operation(op)
+        )
         return result
-
-    async def _c_store_segments(
-        self,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax: str,
-        segments: Sequence[Segment],
-        priority: int,
-    ) -> StoreResponse:
-        cid = self._context(sop_class_uid, transfer_syntax)
-        mid = self._next_id()
-        peer_max = self._peer_max
-        command = dimse.store_rq(mid, sop_class_uid, sop_instance_uid, priority)
-        frag = peer_max - 6
-        chunk_size = max(frag, (READ_CHUNK // frag) * frag)
-        total = sum(s[2] if isinstance(s, tuple) else len(memoryview(s)) for s in segments)
-        buf = bytearray(min(chunk_size, max(total, 1)))
-        view = memoryview(buf)
-        filled = sent = 0
-        head: bytearray | None = pdata_pdus(cid, command, peer_max, COMMAND, True)
-
-        async def flush() -> None:
-            nonlocal filled, sent, head
-            sent += filled
-            out = pdata_pdus(cid, view[:filled], peer_max, 0, sent == total)
-            if head is not None:
-                out, head = head + out, None
-            filled = 0
-            await self._send(out)
-
-        for seg in segments:
-            if isinstance(seg, tuple):
-                path, start, n = seg
-                with open(path, "rb", buffering=0) as f:
-                    if start < 0 or n < 0 or start + n > os.fstat(f.fileno()).st_size:
-                        raise ValueError(f"{path}: range {start}+{n} outside the file")
-                    f.seek(start)
-                    while n:
-                        want = min(len(buf) - filled, n)
-                        got = f.readinto(view[filled : filled + want])
-                        if got != want:
-                            raise ValueError(f"{path}: file shrank while sending")
-                        filled += want
-                        n -= want
-                        if filled == len(buf):
-                            await flush()
-            else:
-                data = memoryview(seg)
-                while data:
-                    want = min(len(buf) - filled, len(data))
-                    view[filled : filled + want] = data[:want]
-                    data = data[want:]
-                    filled += want
-                    if filled == len(buf):
-                        await flush()
-        if filled or head is not None:
-            await flush()
-        rsp = await self._response()
-        comment = rsp.get("ErrorComment")
-        return StoreResponse(int(rsp.get("Status", 0xC000)), str(comment) if comment else None)
 
     async def _c_store(
         self,
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax: str,
-        source: bytes | bytearray | memoryview | Path,
+        source: bytes | bytearray | memoryview | Path | Sequence[Segment],
         offset: int,
         length: int | None,
         priority: int,
     ) -> StoreResponse:
         cid = self._context(sop_class_uid, transfer_syntax)
-        mid = self._next_id()
-        peer_max = self._peer_max
-        command = dimse.store_rq(mid, sop_class_uid, sop_instance_uid, priority)
-        # full fragments: whole multiples of the fragment size per read
-        frag = peer_max - 6
-        chunk_size = max(frag, (READ_CHUNK // frag) * frag)
-        send = self._send
-        if isinstance(source, Path):
-            with open(source, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if length is None:
-                    length = size - offset
-                if offset < 0 or length < 0 or offset + length > size:
-                    raise ValueError(f"{source}: range {offset}+{length} outside {size} bytes")
-                f.seek(offset)
-                first = True
-                remaining = length
-                buf = bytearray(min(chunk_size, max(remaining, 1)))
-                while first or remaining > 0:
-                    n = min(len(buf), remaining)
-                    view = memoryview(buf)[:n]
-                    got = f.readinto(view) if n else 0
-                    if got != n:
-                        raise ValueError(f"{source}: file shrank while sending")
-                    remaining -= n
-                    out = pdata_pdus(cid, view, peer_max, 0, remaining == 0)
-                    view.release()
-                    if first:
-                        out = pdata_pdus(cid, command, peer_max, COMMAND, True) + out
-                        first = False
-                    await send(out)
-        else:
-            view = memoryview(source)
-            if length is None:
-                length = len(view) - offset
-            if offset < 0 or length < 0 or offset + length > len(view):
-                raise ValueError(f"range {offset}+{length} outside {len(view)} bytes")
-            view = view[offset : offset + length]
-            pos = 0
-            first = True
-            while first or pos < length:
-                part = view[pos : pos + chunk_size]
-                pos += len(part)
-                out = pdata_pdus(cid, part, peer_max, 0, pos >= length)
-                if first:
-                    out = pdata_pdus(cid, command, peer_max, COMMAND, True) + out
-                    first = False
-                await send(out)
+        fds: list[int] = []
+        try:
+            if isinstance(source, bytes | bytearray | memoryview | Path):
+                parts = [_part(source, offset, length, fds)]
+            else:
+                parts = [_segment_part(seg, fds) for seg in source]
+            mid = self._next_id()
+            command = dimse.store_rq(mid, sop_class_uid, sop_instance_uid, priority)
+            await self._send_data_set(cid, command, [p for p in parts if p[2]])
+        finally:
+            for fd in fds:
+                os.close(fd)
         rsp = await self._response()
         comment = rsp.get("ErrorComment")
         return StoreResponse(int(rsp.get("Status", 0xC000)), str(comment) if comment else None)
+
+    async def _send_data_set(self, cid: int, command: bytes, parts: list[_Part]) -> None:
+        """The command set, then the data set's ``parts`` (none empty) as P-DATA-TF
+        PDUs, in writes of about READ_CHUNK bytes, each byte copied once: read from its
+        file (or copied from memory) straight into the write buffer."""
+        framer = self._framer
+        if framer is None:
+            framer = self._framer = PDataFramer(self._peer_max)
+        total = sum(p[2] for p in parts)
+        head = framer.command(cid, command)
+        if len(parts) == 1 and total <= framer.frag:
+            src, start, size, _label = parts[0]
+            if not isinstance(src, int):
+                await self._send(framer.whole(head, cid, src[start : start + size]))
+                return
+        sent = index = consumed = 0
+        while True:
+            n = min(framer.chunk_size, total - sent)
+            sent += n
+            run, slots = framer.layout(head, cid, n, sent == total)
+            writer = SlotWriter(slots)
+            while n:
+                src, start, size, label = parts[index]
+                take = min(size - consumed, n)
+                spans = writer.spans(take)
+                if isinstance(src, int):
+                    if read_into(src, spans, start + consumed) != take:
+                        raise ValueError(f"{label}: file shrank while sending")
+                else:
+                    copy_into(spans, src[start + consumed : start + consumed + take])
+                consumed += take
+                n -= take
+                if consumed == size:
+                    index += 1
+                    consumed = 0
+            await self._send(run)
+            if sent == total:
+                return
+            head = b""
 
     # -- release / abort -------------------------------------------------------------
 
@@ -422,6 +364,43 @@ class Association:
             return
         await self._fail(AssociationAborted(0, 0))
         log.info("association_aborted_by_us", extra=_kv(peer=self._label))
+
+
+#: one piece of a data set to send: (a memoryview, or an open file's descriptor), where
+#: it starts in it, how many bytes, and what to name in errors
+_Part = tuple[memoryview | int, int, int, str]
+
+
+def _part(
+    source: bytes | bytearray | memoryview | Path, offset: int, length: int | None, fds: list[int]
+) -> _Part:
+    if isinstance(source, Path):
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fds.append(fd)
+        size = os.fstat(fd).st_size
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ValueError(f"{source}: range {offset}+{length} outside {size} bytes")
+        return fd, offset, length, str(source)
+    view = memoryview(source)
+    if length is None:
+        length = len(view) - offset
+    if offset < 0 or length < 0 or offset + length > len(view):
+        raise ValueError(f"range {offset}+{length} outside {len(view)} bytes")
+    return view, offset, length, "data"
+
+
+def _segment_part(seg: Segment, fds: list[int]) -> _Part:
+    if isinstance(seg, tuple):
+        path, start, n = seg
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fds.append(fd)
+        if start < 0 or n < 0 or start + n > os.fstat(fd).st_size:
+            raise ValueError(f"{path}: range {start}+{n} outside the file")
+        return fd, start, n, str(path)
+    view = memoryview(seg)
+    return view, 0, len(view), "data"
 
 
 async def _associate(
