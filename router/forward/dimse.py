@@ -179,14 +179,27 @@ class DimseSession:
         self._transcode_to = transcode_to
         self._transcoder = transcoder
         self._profile = profile
+        # (SOP class, received syntax) -> the syntax to send in (None: none accepted);
+        # the association's contexts never change, so planned once per pair
+        self._targets: dict[tuple[str, str], str | None] = {}
 
     def fits(self, lease: Lease) -> bool:
         return (lease.sop_class_uid, lease.transfer_syntax) in self._fitting
 
+    def _target(self, lease: Lease) -> str | None:
+        key = (lease.sop_class_uid, lease.transfer_syntax)
+        try:
+            return self._targets[key]
+        except KeyError:
+            accepted = self._assoc.accepted_transfer_syntaxes(lease.sop_class_uid)
+            target = syntaxes.plan(lease.transfer_syntax, accepted, transcode_to=self._transcode_to)
+            self._targets[key] = target
+            return target
+
     async def send(self, lease: Lease, ahead: Sequence[Lease]) -> SendResult:
-        accepted = self._assoc.accepted_transfer_syntaxes(lease.sop_class_uid)
-        target = syntaxes.plan(lease.transfer_syntax, accepted, transcode_to=self._transcode_to)
+        target = self._target(lease)
         if target is None:
+            accepted = self._assoc.accepted_transfer_syntaxes(lease.sop_class_uid)
             reason = syntaxes.refusal(lease.transfer_syntax, accepted)
             return Unsendable(f"{self._called_ae}: {reason}")
         try:
