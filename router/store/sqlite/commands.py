@@ -160,8 +160,7 @@ def purge(core: Core, f: Filter, d: Delta) -> int:
                 (*args, rest),
             ).fetchall()
         ]
-        for inst in ids:
-            core.remove_instance(inst, d)
+        core.remove_instances(ids, d)
         n += len(ids)
     core.settle(sorted(instances), d)
     hold_sql.drop_empty_groups(core, d)

@@ -368,42 +368,57 @@ class Core:
 
     def settle(self, instance_ids: Sequence[str], d: Delta) -> None:
         """After deliveries changed: an instance with every delivery delivered is done
-        (removed now, or kept for the retention); one with none left is removed."""
+        (removed now, or kept for the retention); one with none left is removed. One
+        query and one removal for the whole batch, not per instance: the delivered
+        marks of a session come in batches, and the statements per instance were most
+        of the queue thread's share of forwarding."""
         now = self.clock()
-        for inst in instance_ids:
-            row = self.conn.execute(
-                "SELECT count(*), sum(state = 'delivered') FROM delivery WHERE instance_id = ?",
-                (inst,),
-            ).fetchone()
-            total, done = row[0], row[1] or 0
-            if total == 0:
-                self.remove_instance(inst, d)
-            elif done == total:
-                if self.retention <= 0:
-                    self.remove_instance(inst, d)
-                else:
-                    cur = self.conn.execute(
-                        "UPDATE instance SET done_at = ? WHERE id = ? AND done_at IS NULL",
-                        (now, inst),
-                    )
-                    d.active -= cur.rowcount
+        for chunk in chunks(instance_ids):
+            marks = ",".join("?" * len(chunk))
+            counts = {
+                inst: (total, done or 0)
+                for inst, total, done in self.conn.execute(
+                    "SELECT instance_id, count(*), sum(state = 'delivered') FROM delivery"
+                    f" WHERE instance_id IN ({marks}) GROUP BY instance_id",
+                    tuple(chunk),
+                )
+            }
+            gone: list[str] = []
+            finished: list[str] = []
+            for inst in chunk:
+                total, done = counts.get(inst, (0, 0))
+                if total == 0:
+                    gone.append(inst)
+                elif done == total:
+                    (gone if self.retention <= 0 else finished).append(inst)
+            self.remove_instances(gone, d)
+            if finished:
+                cur = self.conn.execute(
+                    f"UPDATE instance SET done_at = ? WHERE id IN ({','.join('?' * len(finished))})"
+                    " AND done_at IS NULL",
+                    (now, *finished),
+                )
+                d.active -= cur.rowcount
 
-    def remove_instance(self, inst: str, d: Delta) -> None:
-        for dest, state in self.conn.execute(
-            "DELETE FROM delivery WHERE instance_id = ? RETURNING destination, state", (inst,)
-        ).fetchall():
-            d.move(dest, state, None)
-        row = self.conn.execute(
-            "DELETE FROM instance WHERE id = ? RETURNING spooled, unrouted, done_at", (inst,)
-        ).fetchone()
-        if row is None:
-            return
-        spooled, unrouted, done_at = row
-        if unrouted:
-            d.unrouted -= 1
-        if done_at is None:
-            d.active -= 1
-        d.remove.append((inst, bool(spooled)))
+    def remove_instances(self, instance_ids: Sequence[str], d: Delta) -> None:
+        """Remove instances with their deliveries; their data goes after the commit."""
+        for chunk in chunks(instance_ids):
+            marks = ",".join("?" * len(chunk))
+            for dest, state in self.conn.execute(
+                f"DELETE FROM delivery WHERE instance_id IN ({marks}) RETURNING destination, state",
+                tuple(chunk),
+            ).fetchall():
+                d.move(dest, state, None)
+            for inst, spooled, unrouted, done_at in self.conn.execute(
+                f"DELETE FROM instance WHERE id IN ({marks})"
+                " RETURNING id, spooled, unrouted, done_at",
+                tuple(chunk),
+            ).fetchall():
+                if unrouted:
+                    d.unrouted -= 1
+                if done_at is None:
+                    d.active -= 1
+                d.remove.append((inst, bool(spooled)))
 
     def housekeeping(self, d: Delta, limit: int = 1000) -> int:
         """Remove done instances whose retention has passed (at most ``limit``)."""
@@ -415,8 +430,7 @@ class Core:
                 (cutoff, limit),
             ).fetchall()
         ]
-        for inst in ids:
-            self.remove_instance(inst, d)
+        self.remove_instances(ids, d)
         return len(ids)
 
     # -- minima
