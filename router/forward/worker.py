@@ -35,7 +35,7 @@ from router.forward.waits import first_of
 from router.metrics import Metrics
 from router.store.queue import Lease, QueueClosed
 from router.store.queue import QueueBackend as Queue
-from router.store.records import QueueUnavailable
+from router.store.records import QueueUnavailable, by_status
 from router.tls import client_context
 
 __all__ = ["IDLE_RECHECK", "LINGER", "DestinationRuntime", "Forwarder"]
@@ -371,12 +371,11 @@ class Forwarder:
             # caught up with the senders: let a batch gather instead of paying a queue
             # transaction for every instance
             await self._linger(LINGER)
-        await self._flush(batch.delivered)
         deadline = anyio.current_time() + plan.idle_release
         waited = False
         while True:
             changed = rt.changed
-            more = await self._queue.lease(rt.name, plan.batch_size, plan.lease_seconds)
+            more = await self._lease_settling(rt, plan, batch.delivered)
             batch.last_lease = len(more)
             if more:
                 batch.unsent.extend(more)
@@ -486,12 +485,29 @@ class Forwarder:
     async def _flush(self, delivered: list[tuple[int, int]]) -> None:
         if not delivered:
             return
-        by_status: dict[int, list[int]] = {}
-        for ident, status in delivered:
-            by_status.setdefault(status, []).append(ident)
+        groups = by_status(delivered)
         delivered.clear()
-        for status, ids in by_status.items():
+        for status, ids in groups.items():
             await self._persist("delivered", self._queue.delivered, ids, status)
+
+    async def _lease_settling(
+        self, rt: DestinationRuntime, plan: destination.Plan, delivered: list[tuple[int, int]]
+    ) -> list[Lease]:
+        """The next leases of an open session, with what it delivered since the last
+        ones recorded in the same queue transaction (one per batch instead of two). If
+        that fails, the delivered marks are recorded on their own, waiting out a
+        database that went away, before the error goes on."""
+        if not delivered:
+            return await self._queue.lease(rt.name, plan.batch_size, plan.lease_seconds)
+        try:
+            more = await self._queue.lease(
+                rt.name, plan.batch_size, plan.lease_seconds, tuple(delivered)
+            )
+        except QueueUnavailable:
+            await self._flush(delivered)
+            raise
+        delivered.clear()
+        return more
 
     async def _record_status(
         self,

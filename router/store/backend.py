@@ -110,11 +110,21 @@ class QueueBackend(Protocol):
 
     # -- forward
 
-    async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Lease]:
+    async def lease(
+        self,
+        destination: str,
+        limit: int,
+        lease_seconds: float,
+        delivered: Sequence[tuple[int, int]] = (),
+    ) -> list[Lease]:
         """Up to ``limit`` due deliveries (oldest due first), leased for
         ``lease_seconds``; expired leases are leased again. Each carries the instance's
         Study Instance UID as received (None when it had none): a DICOMweb destination
-        sends one study per request."""
+        sends one study per request. ``delivered``: (delivery id, status) pairs the
+        caller delivered since its last lease, recorded first, as :meth:`delivered`
+        would (in the same transaction where the backend can: a forwarding session then
+        pays one queue transaction per batch, not two). When it raises, they may not
+        be recorded: record them with :meth:`delivered`."""
         ...
 
     async def delivered(self, ids: Sequence[int], status: int = 0x0000) -> int: ...

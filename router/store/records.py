@@ -8,6 +8,7 @@ these, so a second backend speaks the same words as the first.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,3 +241,12 @@ class QueueCounts:
     def by_state(self) -> dict[tuple[str, str], int]:
         """(destination, state) -> rows, only the states with rows (like QueueStats)."""
         return {(d, s.value): c.count for (d, s), c in self.deliveries.items() if c.count}
+
+
+def by_status(delivered: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
+    """(delivery id, status) pairs as the ids of each status, in their order: one
+    ``delivered`` call per status records them all."""
+    out: dict[int, list[int]] = {}
+    for ident, status in delivered:
+        out.setdefault(status, []).append(ident)
+    return out

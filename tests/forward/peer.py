@@ -5,7 +5,7 @@ directory; and a Forwarder started in the test's task group."""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,8 +185,13 @@ async def rig(
     leased: list[int] = []
     lease = queue.lease
 
-    async def recording_lease(destination: str, limit: int, lease_seconds: float) -> list[Lease]:
-        got = await lease(destination, limit, lease_seconds)
+    async def recording_lease(
+        destination: str,
+        limit: int,
+        lease_seconds: float,
+        delivered: Sequence[tuple[int, int]] = (),
+    ) -> list[Lease]:
+        got = await lease(destination, limit, lease_seconds, delivered)
         if got:
             leased.append(len(got))
         return got

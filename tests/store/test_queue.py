@@ -152,6 +152,38 @@ async def test_instance_done_only_when_every_destination_delivered(
 
 
 @pytest.mark.asyncio
+async def test_a_lease_records_what_was_delivered_first(backend: Backend, storage: Path) -> None:
+    """``lease(..., delivered)``: a session's delivered marks and its next lease in one
+    call. The marks are recorded as ``delivered`` would (each with its status; the
+    instance done with its last delivery), and only then is the next batch leased."""
+    async with backend.running(storage) as q:
+        a = await commit(q, 9000, ["pacs"], seed=1)
+        b = await commit(q, 100, ["pacs", "ai"], seed=2)
+        c = await commit(q, 100, ["pacs"], seed=3)
+        first = await q.lease("pacs", 2, 30)
+        assert [le.instance_id for le in first] == [a, b]
+        done = [(first[0].delivery_id, 0x0000), (first[1].delivery_id, 0xB000)]
+        (nxt,) = await q.lease("pacs", 5, 30, done)
+        assert nxt.instance_id == c
+        assert not q.spool.path_for(a).exists()  # a is done: its data is gone
+        entries = await q.list_deliveries(Filter(destination="pacs"))
+        # b waits for "ai"; its "pacs" delivery is recorded with the warning received
+        assert {e.instance_id: (e.state, e.last_status) for e in entries} == {
+            b: (State.DELIVERED, 0xB000),
+            c: (State.LEASED, None),
+        }
+        assert (await stats(q)).counts == {
+            ("pacs", "leased"): 1,
+            ("pacs", "delivered"): 1,
+            ("ai", "pending"): 1,
+        }
+        (la,) = await q.lease("ai", 1, 30)
+        assert await q.lease("ai", 0, 30, [(la.delivery_id, 0x0000)]) == []
+        assert (await stats(q)).instances == 1  # only c is left
+        await check_counters(q)
+
+
+@pytest.mark.asyncio
 async def test_release_does_not_count_the_attempt(backend: Backend, storage: Path) -> None:
     async with backend.running(storage) as q:
         await commit(q, 10, ["pacs"])

@@ -61,6 +61,7 @@ from router.store.queue import (
     QueueCounts,
     QueueStats,
 )
+from router.store.records import by_status
 from router.store.spool import Spool, SpooledSink, StoreRequestLike
 from router.store.wakeups import WorkWaiters
 
@@ -309,10 +310,20 @@ class PgQueue:
 
     # -- forward side
 
-    async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Lease]:
+    async def lease(
+        self,
+        destination: str,
+        limit: int,
+        lease_seconds: float,
+        delivered: Sequence[tuple[int, int]] = (),
+    ) -> list[Lease]:
         """Up to ``limit`` due deliveries for ``destination`` (oldest due first), leased to
         this node until the database's now() + ``lease_seconds``; each attempt is counted
-        here. Leases of any node that expired are taken over."""
+        here. Leases of any node that expired are taken over. ``delivered`` pairs are
+        recorded first (their own transaction: they are fenced by their tokens)."""
+        groups = by_status(delivered)
+        for status, ids in groups.items():
+            await self.delivered(ids, status)
         if limit <= 0:
             return []
         now = self.clock()

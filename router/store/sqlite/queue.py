@@ -42,6 +42,7 @@ from router.store.records import (
     QueueClosed,
     QueueCounts,
     QueueStats,
+    by_status,
 )
 from router.store.spool import Spool, SpooledSink, StoreRequestLike
 from router.store.sqlite import commands
@@ -329,15 +330,27 @@ class SqliteQueue:
 
     # -- forward side
 
-    async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Lease]:
+    async def lease(
+        self,
+        destination: str,
+        limit: int,
+        lease_seconds: float,
+        delivered: Sequence[tuple[int, int]] = (),
+    ) -> list[Lease]:
         """Up to ``limit`` due deliveries for ``destination`` (oldest due first), marked
         leased until now + ``lease_seconds``; each attempt is counted here. Expired
-        leases of a vanished worker are leased again."""
-        if limit <= 0:
+        leases of a vanished worker are leased again. ``delivered`` (delivery id,
+        status) pairs are recorded first, in the same transaction."""
+        groups = by_status(delivered)
+
+        def job(c: Core, d: Delta) -> list[Lease]:
+            for status, ids in groups.items():
+                c.delivered(ids, status, d)
+            return c.lease(destination, limit, lease_seconds, d) if limit > 0 else []
+
+        if limit <= 0 and not groups:
             return []
-        return await self._call(
-            lambda c, d: c.lease(destination, limit, lease_seconds, d), durable=False
-        )
+        return await self._call(job, durable=False)
 
     async def delivered(self, ids: Sequence[int], status: int = 0x0000) -> int:
         """Leased deliveries were delivered (``status``: 0 or the warning received).
