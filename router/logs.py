@@ -222,7 +222,7 @@ def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
     ``logger.log(level, name, extra=fields)`` would make (fields as attributes, so
     handlers and caplog see them), with the caller taken from one frame up instead of
     a walk of the stack, and the fields remembered for the formatters."""
-    if not logger.isEnabledFor(level):
+    if logger.disabled or not logger.isEnabledFor(level):
         return
     handler = _direct(logger, level)
     if handler is not None:
