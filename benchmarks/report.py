@@ -137,7 +137,7 @@ def _peers_ms(row: dict[str, object]) -> float | None:
     return sum(peers) if peers else None
 
 
-#: issue targets for the router itself: rate against the durable limit, CPU against the
+#: targets for the router itself: rate against the durable limit, CPU against the
 #: direct pair's storescu + storescp (the looser bound above SMALL_MAX bytes)
 LIMIT_TARGET = 0.7
 CPU_TARGET_SMALL, CPU_TARGET_LARGE, SMALL_MAX = 2.5, 2.0, 64 * 1024
