@@ -235,8 +235,6 @@ async def test_orphans_swept_and_missing_files_failed_loudly(
     os.utime(q.spool.path_for(orphan), (hour_ago, hour_ago))
     (q.spool.tmp_dir / f"{new_id()}.part").write_bytes(b"partial")
     q.spool.path_for(gone).unlink()
-    if backend.clustered:
-        pytest.xfail("PgQueue does not check spool files against rows at start yet")
     with caplog.at_level(logging.ERROR, logger="router.store"):
         async with backend.running(storage) as q2:
             assert not q2.spool.path_for(orphan).exists()

@@ -206,6 +206,7 @@ class PgQueue:
                     tg.start_soon(self._housekeeping_loop)
                 self._running = True
                 await self._sweep()  # before anything is received here
+                await self._fail_missing_files()
                 tg.start_soon(self._sweep_loop)
                 task_status.started()
                 try:
@@ -593,6 +594,17 @@ class PgQueue:
             await self.sweep_partials(self.orphan_age)
         except (DatabaseUnavailable, psycopg.Error, OSError) as e:
             log.warning("sweeping orphan spool files failed: %s", e)
+
+    async def _fail_missing_files(self) -> None:
+        """At start, after the sweep: rows whose spool file is gone fail loudly."""
+        try:
+            failed = await upkeep.fail_missing_files(
+                lambda: self._tx(durable=False), self.spool, self.clock()
+            )
+            if failed:
+                await self.refresh()  # the counters show the dead letters at once
+        except (DatabaseUnavailable, psycopg.Error, OSError) as e:
+            log.warning("checking spool files against the queue failed: %s", e)
 
     async def _sweep_loop(self) -> None:
         """After the one at start, every ``sweep_interval``."""

@@ -490,6 +490,38 @@ async def housekeeping(conn: Conn, now: float, retention: float, limit: int = 10
     return await remove_instances(conn, [r[0] for r in rows])
 
 
+async def spooled_ids(conn: Conn) -> list[str]:
+    """Every instance whose data set is a spool file."""
+    return [r[0] for r in await fetch(conn, "SELECT id FROM instance WHERE spooled")]
+
+
+#: the last_error of a delivery whose instance's spool file was found missing
+SPOOL_FILE_MISSING = "spool file missing"
+
+
+async def fail_missing(conn: Conn, instance_ids: Sequence[str], now: float) -> list[TupleRow]:
+    """Fail every delivery still to send of these instances (their spool file is gone:
+    no retry can bring it back). Returns (instance id, SOP Instance UID) of each
+    instance that had one; an instance another node removed meanwhile has none."""
+    rows = await fetch(
+        conn,
+        "SELECT id FROM delivery WHERE instance_id = ANY(%s)"
+        " AND state IN ('pending', 'leased', 'held')",
+        (list(instance_ids),),
+    )
+    await lock_deliveries(conn, [r[0] for r in rows])
+    return await fetch(
+        conn,
+        "WITH failed AS (UPDATE delivery SET state = 'failed', last_error = %s,"
+        " lease_until = NULL, lease_token = NULL, leased_by = NULL, hold_key = NULL,"
+        " updated_at = %s WHERE id = ANY(%s) AND state IN ('pending', 'leased', 'held')"
+        " RETURNING instance_id)"
+        " SELECT DISTINCT i.id, i.sop_instance_uid FROM failed f JOIN instance i"
+        " ON i.id = f.instance_id ORDER BY i.id",
+        (SPOOL_FILE_MISSING, now, [r[0] for r in rows]),
+    )
+
+
 async def known_spooled(conn: Conn, ids: Sequence[str]) -> set[str]:
     """Which of these ids have a row naming a spool file."""
     rows = await fetch(conn, "SELECT id FROM instance WHERE spooled AND id = ANY(%s)", (list(ids),))

@@ -79,6 +79,36 @@ async def sweep_orphans(tx: Tx, spool: Spool, min_age: float) -> int:
     return len(gone)
 
 
+async def fail_missing_files(tx: Tx, spool: Spool, now: float) -> int:
+    """At start: fail loudly the deliveries of instances whose spool file is gone, as
+    the SQLite queue does. A row is committed only once its file is durable, and a
+    file is removed only after its row, so a row naming no file means data lost
+    outside the router (a restored backup, a file system error, a hand): said once,
+    in the log and as dead letters an operator sees, rather than as retries that can
+    never succeed. Returns the deliveries failed."""
+    async with tx() as conn:
+        ids = await ops.spooled_ids(conn)
+    missing = await anyio.to_thread.run_sync(_missing_files, spool, ids)
+    if not missing:
+        return 0
+    failed = 0
+    for i in range(0, len(missing), 1000):
+        async with tx() as conn:
+            lost = await ops.fail_missing(conn, missing[i : i + 1000], now)
+        for ident, uid in lost:
+            log.error(
+                "spool file of instance %s (SOP instance %s) is missing: its deliveries fail",
+                ident,
+                uid,
+            )
+        failed += len(lost)
+    return failed
+
+
+def _missing_files(spool: Spool, ids: list[str]) -> list[str]:
+    return [ident for ident in ids if not spool.path_for(ident).exists()]
+
+
 async def sweep_partials(tmp_dir: Path, min_age: float) -> int:
     """Remove partial receipts of the other nodes (``tmp/<node>/``) not written to for
     ``min_age`` seconds: left by a node that died mid-ingest and has not restarted
