@@ -203,11 +203,21 @@ class PgQueue:
                 tg.start_soon(self._renew_loop)
                 tg.start_soon(self._timer.run, self.release_due_holds)
                 if self.retention > 0 and math.isfinite(self.housekeeping_interval):
-                    tg.start_soon(self._housekeeping_loop)
+                    every = self.housekeeping_interval
+                    tg.start_soon(upkeep.housekeep_every, every, self.housekeeping)
                 self._running = True
-                await self._sweep()  # before anything is received here
-                await self._fail_missing_files()
-                tg.start_soon(self._sweep_loop)
+                # before anything is received here, then every sweep_interval
+                await upkeep.sweep(self._short_tx, self.spool, self.orphan_age)
+                if await upkeep.check_spool_files(self._short_tx, self.spool, self.clock()):
+                    with contextlib.suppress(DatabaseUnavailable, psycopg.Error):
+                        await self.refresh()  # the counters show the dead letters at once
+                tg.start_soon(
+                    upkeep.sweep_every,
+                    self.sweep_interval,
+                    self._short_tx,
+                    self.spool,
+                    self.orphan_age,
+                )
                 task_status.started()
                 try:
                     await anyio.sleep_forever()
@@ -577,45 +587,10 @@ class PgQueue:
         await self._remove_data(removed)
         return len(removed)
 
+    def _short_tx(self) -> contextlib.AbstractAsyncContextManager[ops.Conn]:
+        return self._tx(durable=False)
+
     async def sweep_orphans(self, min_age: float = 86_400.0) -> int:
         """Remove spool files no row names, older than ``min_age`` seconds (see
         :func:`router.store.postgres.upkeep.sweep_orphans`)."""
-        return await upkeep.sweep_orphans(lambda: self._tx(durable=False), self.spool, min_age)
-
-    async def sweep_partials(self, min_age: float = 86_400.0) -> int:
-        """Remove other nodes' partial receipts not written to for ``min_age`` seconds."""
-        return await upkeep.sweep_partials(self.spool.tmp_dir, min_age)
-
-    async def _sweep(self) -> None:
-        """Spool files no row names and partial receipts nobody writes to, older than
-        ``orphan_age``."""
-        try:
-            await self.sweep_orphans(self.orphan_age)
-            await self.sweep_partials(self.orphan_age)
-        except (DatabaseUnavailable, psycopg.Error, OSError) as e:
-            log.warning("sweeping orphan spool files failed: %s", e)
-
-    async def _fail_missing_files(self) -> None:
-        """At start, after the sweep: rows whose spool file is gone fail loudly."""
-        try:
-            failed = await upkeep.fail_missing_files(
-                lambda: self._tx(durable=False), self.spool, self.clock()
-            )
-            if failed:
-                await self.refresh()  # the counters show the dead letters at once
-        except (DatabaseUnavailable, psycopg.Error, OSError) as e:
-            log.warning("checking spool files against the queue failed: %s", e)
-
-    async def _sweep_loop(self) -> None:
-        """After the one at start, every ``sweep_interval``."""
-        while True:
-            await anyio.sleep(self.sweep_interval)
-            await self._sweep()
-
-    async def _housekeeping_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.housekeeping_interval)
-            try:
-                await self.housekeeping()
-            except (DatabaseUnavailable, psycopg.Error) as e:
-                log.warning("queue housekeeping failed: %s", e)
+        return await upkeep.sweep_orphans(self._short_tx, self.spool, min_age)

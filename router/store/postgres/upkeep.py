@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from router.store.postgres import ops
+from router.store.postgres.errors import DatabaseUnavailable
 from router.store.postgres.schema import migrate
 from router.store.postgres.writer import remove_all
 from router.store.spool import Spool
@@ -107,6 +108,44 @@ async def fail_missing_files(tx: Tx, spool: Spool, now: float) -> int:
 
 def _missing_files(spool: Spool, ids: list[str]) -> list[str]:
     return [ident for ident in ids if not spool.path_for(ident).exists()]
+
+
+async def check_spool_files(tx: Tx, spool: Spool, now: float) -> int:
+    """:func:`fail_missing_files`, with a database or disk failure logged (the node
+    starts anyway; the next start checks again)."""
+    try:
+        return await fail_missing_files(tx, spool, now)
+    except (DatabaseUnavailable, psycopg.Error, OSError) as e:
+        log.warning("checking spool files against the queue failed: %s", e)
+        return 0
+
+
+async def sweep(tx: Tx, spool: Spool, orphan_age: float) -> None:
+    """Spool files no row names and partial receipts nobody writes to, older than
+    ``orphan_age``; a failure is logged and the next sweep tries again."""
+    try:
+        await sweep_orphans(tx, spool, orphan_age)
+        await sweep_partials(spool.tmp_dir, orphan_age)
+    except (DatabaseUnavailable, psycopg.Error, OSError) as e:
+        log.warning("sweeping orphan spool files failed: %s", e)
+
+
+async def sweep_every(interval: float, tx: Tx, spool: Spool, orphan_age: float) -> None:
+    """:func:`sweep` every ``interval`` seconds, after the one at start."""
+    while True:
+        await anyio.sleep(interval)
+        await sweep(tx, spool, orphan_age)
+
+
+async def housekeep_every(interval: float, housekeeping: Callable[[], Awaitable[int]]) -> None:
+    """The retention's removals every ``interval`` seconds; a database failure is
+    logged and the next round tries again."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await housekeeping()
+        except (DatabaseUnavailable, psycopg.Error) as e:
+            log.warning("queue housekeeping failed: %s", e)
 
 
 async def sweep_partials(tmp_dir: Path, min_age: float) -> int:
