@@ -17,7 +17,6 @@ import time
 from benchmarks.common import (
     HOST,
     ROUTER_AE,
-    STORESCP_AE,
     InputSet,
     RunDir,
     RunResult,
@@ -41,13 +40,13 @@ from benchmarks.procs import (
     wait_listening,
 )
 from benchmarks.router_runs import (
-    ROUTER_CONFIG,
     _http_get,
     _senders_done,
     _spawn_router,
     _wait_ready,
     histogram_quantiles,
     pg_database,
+    router_config,
 )
 
 NODES = ("a", "b")
@@ -72,18 +71,8 @@ def _run(settings: Settings, inputs: InputSet, rnd: int, dsn: str) -> RunResult:
             cfg = rd.path / f"router-{node}.yaml"
             cfg.write_text(
                 f"node_id: node-{node}\n"
-                + ROUTER_CONFIG.format(
-                    router_ae=ROUTER_AE,
-                    host=HOST,
-                    port=port,
-                    storage=storage,
-                    http_port=http_port,
-                    dest_ae=STORESCP_AE,
-                    dest_port=dest_port,
-                    pdu=settings.pdu,
-                    max_associations=1,  # two in all, as router-2senders has
-                    queue=queue,
-                )
+                # one association each: two in all, as router-2senders has
+                + router_config(settings, port, storage, http_port, dest_port, 1, queue)
             )
             configs[node] = cfg
         deadline = time.monotonic() + settings.timeout

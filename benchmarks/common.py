@@ -8,13 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
 from benchmarks.dicomfiles import FileMeta
-from benchmarks.procs import BenchError, Usage, spawn
+from benchmarks.procs import BenchError, Usage, read_line, running, spawn
 
 STORESCP_AE = "STORESCP"
 OUR_AE = "BENCHSCP"
@@ -305,3 +306,27 @@ def check_count(out: Path, expected: int, rd: RunDir, name: str) -> None:
 
 def dumps(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str)
+
+
+@contextmanager
+def requestor_client(
+    settings: Settings, rd: RunDir, args: Sequence[str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """benchmarks.requestor_client with ``args`` (after ``--wait-go``-style options),
+    once it has said it is ready: the caller takes its usage and clock, then writes
+    ``go``. Stopped at the end if still running."""
+    cli = spawn(
+        [settings.python, "-m", "benchmarks.requestor_client", *args],
+        env=py_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=rd.log("requestor"),
+    )
+    with running(cli):
+        try:
+            line = read_line(cli, time.monotonic() + 30, "requestor_client")
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{rd.tail('requestor')}") from None
+        if line != "ready":
+            raise BenchError(f"requestor_client said {line!r}, expected 'ready'")
+        yield cli

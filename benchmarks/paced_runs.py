@@ -21,7 +21,6 @@ from benchmarks.common import (
     HOST,
     ROUTER_AE,
     SCU_AE,
-    STORESCP_AE,
     InputSet,
     Paced,
     RunDir,
@@ -30,7 +29,7 @@ from benchmarks.common import (
     check_sender,
     count_files,
     make_result,
-    py_env,
+    requestor_client,
     storescp,
 )
 from benchmarks.pacing import per_instance_latency, share_at_most
@@ -38,20 +37,18 @@ from benchmarks.procs import (
     BenchError,
     open_paths,
     proc_usage,
-    read_line,
     reap,
     reserve_port,
     running,
-    spawn,
     wait_listening,
 )
 from benchmarks.router_runs import (
-    ROUTER_CONFIG,
     _http_get,
     _spawn_router,
     _wait_ready,
     histogram_buckets,
     histogram_quantiles,
+    router_config,
 )
 
 NAME = "router-paced"
@@ -110,20 +107,7 @@ def run_router_paced(settings: Settings, inputs: InputSet, rnd: int) -> RunResul
         acks_file = rd.path / "acks.tsv"
         dest_port, port, http_port = reserve_port(), reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
-        cfg.write_text(
-            ROUTER_CONFIG.format(
-                router_ae=ROUTER_AE,
-                host=HOST,
-                port=port,
-                storage=storage,
-                http_port=http_port,
-                dest_ae=STORESCP_AE,
-                dest_port=dest_port,
-                pdu=settings.pdu,
-                max_associations=1,
-                queue="",
-            )
-        )
+        cfg.write_text(router_config(settings, port, storage, http_port, dest_port, 1, ""))
         # sending alone takes count / rate: the deadline is on top of that
         deadline = time.monotonic() + settings.timeout + inputs.count / rate
         with running(storescp(settings, rd, out, dest_port)) as scp:
@@ -131,10 +115,7 @@ def run_router_paced(settings: Settings, inputs: InputSet, rnd: int) -> RunResul
             router = _spawn_router(settings, rd, cfg)
             with running(router):
                 _wait_ready(router, rd, http_port)
-                argv = [
-                    settings.python,
-                    "-m",
-                    "benchmarks.requestor_client",
+                args = [
                     "--host",
                     HOST,
                     "--port",
@@ -152,20 +133,7 @@ def run_router_paced(settings: Settings, inputs: InputSet, rnd: int) -> RunResul
                     "--wait-go",
                     str(inputs.directory),
                 ]
-                cli = spawn(
-                    argv,
-                    env=py_env(),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=rd.log("requestor"),
-                )
-                with running(cli):
-                    try:
-                        line = read_line(cli, time.monotonic() + 30, "requestor_client")
-                    except BenchError as exc:
-                        raise BenchError(f"{exc}\n{rd.tail('requestor')}") from None
-                    if line != "ready":
-                        raise BenchError(f"requestor_client said {line!r}, expected 'ready'")
+                with requestor_client(settings, rd, args) as cli:
                     u0 = proc_usage(router.pid)
                     assert cli.stdin is not None
                     t0 = time.time()  # the clock of the acknowledgements

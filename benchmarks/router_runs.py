@@ -98,6 +98,31 @@ rules:
 """
 
 
+def router_config(
+    settings: Settings,
+    port: int,
+    storage: Path,
+    http_port: int,
+    dest_port: int,
+    max_associations: int,
+    queue: str,
+) -> str:
+    """The router's config for a run: our AE titles and host, the run's PDU, one storescp
+    destination with ``max_associations``; ``queue`` is the optional queue section."""
+    return ROUTER_CONFIG.format(
+        router_ae=ROUTER_AE,
+        host=HOST,
+        port=port,
+        storage=storage,
+        http_port=http_port,
+        dest_ae=STORESCP_AE,
+        dest_port=dest_port,
+        pdu=settings.pdu,
+        max_associations=max_associations,
+        queue=queue,
+    )
+
+
 def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -255,20 +280,7 @@ def run_router_senders(
         storage = rd.sub("storage")
         dest_port, port, http_port = reserve_port(), reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
-        cfg.write_text(
-            ROUTER_CONFIG.format(
-                router_ae=ROUTER_AE,
-                host=HOST,
-                port=port,
-                storage=storage,
-                http_port=http_port,
-                dest_ae=STORESCP_AE,
-                dest_port=dest_port,
-                pdu=settings.pdu,
-                max_associations=senders,
-                queue=queue,
-            )
-        )
+        cfg.write_text(router_config(settings, port, storage, http_port, dest_port, senders, queue))
         deadline = time.monotonic() + settings.timeout
         fork = senders > 1
         with running(storescp(settings, rd, out, dest_port, fork=fork)) as scp:

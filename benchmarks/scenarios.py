@@ -27,6 +27,7 @@ from benchmarks.common import (
     dcmtk_env,
     make_result,
     py_env,
+    requestor_client,
     split_files,
     storescp,
     storescu_argv,
@@ -178,10 +179,7 @@ def _run_requestor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: b
         deadline = time.monotonic() + settings.timeout
         with running(storescp(settings, rd, out, port, nodelay=nodelay)) as scp:
             wait_listening(scp, port, time.monotonic() + 20, "storescp")
-            argv = [
-                settings.python,
-                "-m",
-                "benchmarks.requestor_client",
+            args = [
                 "--host",
                 HOST,
                 "--port",
@@ -195,20 +193,7 @@ def _run_requestor(settings: Settings, inputs: InputSet, rnd: int, *, nodelay: b
                 "--wait-go",
                 str(inputs.directory),
             ]
-            cli = spawn(
-                argv,
-                env=py_env(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=rd.log("requestor"),
-            )
-            with running(cli):
-                try:
-                    line = read_line(cli, time.monotonic() + 30, "requestor_client")
-                except BenchError as exc:
-                    raise BenchError(f"{exc}\n{rd.tail('requestor')}") from None
-                if line != "ready":
-                    raise BenchError(f"requestor_client said {line!r}, expected 'ready'")
+            with requestor_client(settings, rd, args) as cli:
                 u0 = proc_usage(cli.pid)
                 assert cli.stdin is not None
                 t0 = time.perf_counter()
