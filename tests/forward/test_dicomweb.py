@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pydicom
 import pytest
 
@@ -23,7 +22,7 @@ from router.forward.dicomweb import DicomWebKind, stow_config
 from router.forward.kind import TransportError
 from router.forward.outcome import TransportFailure
 from router.store.queue import InstanceRecord, Queue
-from tests.async_peers import until
+from tests.async_peers import until, until_awaited
 from tests.forward.peer import CT, EXPLICIT, IMPLICIT, encoded, rig
 from tests.forward.stow.bodies import dicom_json, split_parts
 from tests.forward.test_forwarder import rows, until_row
@@ -104,9 +103,11 @@ def stow() -> Iterator[StowServer]:
 
 async def until_done(q: Queue, uid: str) -> None:
     """Every delivery of ``uid`` delivered: the instance is done and its rows go."""
-    with anyio.fail_after(10):
-        while await rows(q, uid):
-            await anyio.sleep(0.01)
+
+    async def done() -> bool:
+        return not await rows(q, uid)
+
+    await until_awaited(done)
 
 
 def forwarded(r: Any, outcome: str) -> float | None:

@@ -18,7 +18,7 @@ from router.forward.kind import TransportError
 from router.forward.outcome import TransportFailure
 from router.forward.worker import LINGER
 from router.store.queue import Entry, Filter, Queue
-from tests.async_peers import until
+from tests.async_peers import until, until_awaited
 from tests.forward.peer import (
     CT,
     EXPLICIT,
@@ -48,12 +48,14 @@ async def one_row(q: Queue, uid: str) -> Entry:
 
 
 async def until_row(q: Queue, uid: str, state: str, attempts: int | None = None) -> Entry:
-    with anyio.fail_after(10):
-        while True:
-            found = await rows(q, uid)
-            if found and found[0].state == state and attempts in (None, found[0].attempts):
-                return found[0]
-            await anyio.sleep(0.01)
+    found: list[Entry] = []
+
+    async def there() -> bool:
+        found[:] = await rows(q, uid)
+        return bool(found) and found[0].state == state and attempts in (None, found[0].attempts)
+
+    await until_awaited(there)
+    return found[0]
 
 
 @pytest.mark.asyncio

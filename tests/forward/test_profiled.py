@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -19,7 +18,7 @@ from router.dicom import StoreRequest
 from router.forward.profiled import SendProfile, rewrite_source
 from router.forward.profiled import send_profile as profile_of
 from router.store.queue import Entry, Filter, InstanceRecord, Queue
-from tests.async_peers import until
+from tests.async_peers import until, until_awaited
 from tests.forward.peer import CT, EXPLICIT, IMPLICIT, ScriptedHandler, acceptor, rig
 from tests.integration.peers import dataset_bytes
 from tests.profiles.helpers import IDENTIFYING, ct_instance, new_uid, part10
@@ -71,12 +70,14 @@ async def commit(q: Queue, data: bytes, uid: str, dests: list[str]) -> None:
 
 async def failed(q: Queue, destination: str) -> list[Entry]:
     """The dead letters of ``destination``, once there is one (10 s at most)."""
-    with anyio.fail_after(10):
-        while True:
-            found = list(await q.list_deliveries(Filter(destination=destination, state="failed")))
-            if found:
-                return found
-            await anyio.sleep(0.01)
+    found: list[Entry] = []
+
+    async def there() -> bool:
+        found[:] = await q.list_deliveries(Filter(destination=destination, state="failed"))
+        return bool(found)
+
+    await until_awaited(there)
+    return found
 
 
 def read(data: bytes) -> Dataset:
