@@ -12,8 +12,10 @@ import psycopg
 import pytest
 
 from router.store.postgres import SCHEMA_VERSION, DatabaseUnavailable, PgQueue, migrate
-from router.store.postgres.schema import schema_version
+from router.store.postgres.admin import PgAdmin
+from router.store.postgres.schema import MIGRATIONS, schema_version
 from router.store.queue import Filter, Lease
+from router.store.records import SchemaError
 from tests.async_peers import until_awaited
 from tests.pg.helpers import (
     Clock,
@@ -210,6 +212,31 @@ async def test_migrations_racing_from_two_connections(pg_dsn: str) -> None:
     finally:
         await c1.close()
         await c2.close()
+
+
+@pytest.mark.asyncio
+async def test_the_administration_refuses_a_schema_of_another_release(
+    pg_dsn: str, storage: Path
+) -> None:
+    conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    try:
+        # what a node of the first release left: version 1 only
+        await conn.execute(
+            b"CREATE TABLE schema_migration (version integer PRIMARY KEY,"
+            b" applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(MIGRATIONS[0][1].encode())
+        await conn.execute(b"INSERT INTO schema_migration (version) VALUES (1)")
+        with pytest.raises(SchemaError, match="version 1, older than this router's"):
+            await anyio.to_thread.run_sync(lambda: PgAdmin(pg_dsn, storage, write=False))
+        assert await migrate(conn) == list(range(2, SCHEMA_VERSION + 1))  # a node starting
+        with await anyio.to_thread.run_sync(lambda: PgAdmin(pg_dsn, storage)) as admin:
+            assert await anyio.to_thread.run_sync(admin.counts) is not None
+        await conn.execute(b"INSERT INTO schema_migration (version) VALUES (999)")
+        with pytest.raises(SchemaError, match="version 999, newer than this router's"):
+            await anyio.to_thread.run_sync(lambda: PgAdmin(pg_dsn, storage, write=False))
+    finally:
+        await conn.close()
 
 
 @pytest.mark.asyncio

@@ -35,7 +35,7 @@ class PgAdmin:
 
     ``write=False`` refuses the changing methods; FileNotFoundError when no router has
     created the queue in that database yet; StoreError when it cannot be reached or
-    read (SchemaError for a newer schema)."""
+    read (SchemaError for a schema of another release, newer or older)."""
 
     def __init__(
         self,
@@ -61,6 +61,14 @@ class PgAdmin:
             raise SchemaError(
                 f"the queue database has schema version {version}, newer than this"
                 f" router's {SCHEMA_VERSION}: upgrade the router"
+            )
+        if version < SCHEMA_VERSION:
+            # the commands read and write this release's columns; upgrading the schema
+            # is for a node starting, not for an operator's command on a live cluster
+            raise SchemaError(
+                f"the queue database has schema version {version}, older than this"
+                f" router's {SCHEMA_VERSION}: start a node of this release on it once"
+                " (it upgrades the schema at start), or use the release its nodes run"
             )
 
     def _run(self, fn: Callable[[ops.Conn], Awaitable[T]]) -> T:
