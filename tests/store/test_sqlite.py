@@ -17,10 +17,26 @@ import router.store.sqlite.executor as executor
 from router.cli import main
 from router.holds import Hold, HoldUntil
 from router.store.admin import open_admin, read_counts
-from router.store.records import Filter, InstanceRecord, RouterRunning, SchemaError, State
+from router.store.records import (
+    Filter,
+    InstanceRecord,
+    QueueClosed,
+    RouterRunning,
+    SchemaError,
+    State,
+)
 from router.store.sqlite import DB_NAME, SqliteQueue
 from router.store.sqlite.schema import VERSION
-from tests.store.helpers import CT, EXPLICIT, Req, backend_named, commit, payload, read_source
+from tests.store.helpers import (
+    CT,
+    EXPLICIT,
+    INLINE_MAX,
+    Req,
+    backend_named,
+    commit,
+    payload,
+    read_source,
+)
 
 SQLITE = backend_named("sqlite")
 
@@ -252,3 +268,63 @@ async def test_a_failing_batch_fails_its_callers_instead_of_hanging_them(
         monkeypatch.setattr(executor, "run_batch", real)
         ok = await commit(q, 10, ["pacs"], seed=1)  # the queue goes on
         assert [e.instance_id for e in await q.list_deliveries()] == [ok]
+
+
+def _spilled(q: SqliteQueue, seed: int) -> tuple[InstanceRecord, Any]:
+    sink = q.new_sink(Req(sop_instance_uid=f"1.2.3.{seed}"))
+    data = payload(INLINE_MAX * 3, seed)
+    for i in range(0, len(data), 4096):
+        sink.write(data[i : i + 4096])
+    assert sink.spilled
+    return InstanceRecord(CT, f"1.2.3.{seed}", EXPLICIT, "1.2.9", "MOD", "ROUTER"), sink
+
+
+@pytest.mark.asyncio
+async def test_a_spilled_data_set_that_cannot_be_installed_fails_its_commit_alone(
+    storage: Path,
+) -> None:
+    """The installer thread that fails hands the error back to the one waiting commit,
+    leaves nothing behind, and goes on installing for the others."""
+    async with SQLITE.running(storage) as q:
+        assert isinstance(q, SqliteQueue)
+        rec, sink = _spilled(q, 7)
+        sink.tmp_path.unlink()  # gone under the router: its rename into the spool fails
+        with anyio.fail_after(10):
+            with pytest.raises(FileNotFoundError):
+                await q.commit_instance(rec, sink, ["pacs"])
+        assert sink.aborted
+        assert (q.stats().instances, q.stats().committing) == (0, 0)
+        assert q.spool.iter_ids() == []
+        ok = await commit(q, INLINE_MAX * 2, ["pacs"], seed=1)
+        assert [e.instance_id for e in await q.list_deliveries()] == [ok]
+        assert q.spool.iter_ids() == [ok]
+
+
+@pytest.mark.asyncio
+async def test_a_stop_with_installs_in_flight_answers_each_commit_truly(storage: Path) -> None:
+    """Stopping the queue while spilled commits are in the installer threads: each
+    commit either returns (and its instance is there after a restart, data included) or
+    fails (and nothing of it is); none hangs."""
+    done: list[str] = []
+    refused = 0
+
+    async def one(q: SqliteQueue, seed: int) -> None:
+        nonlocal refused
+        rec, sink = _spilled(q, seed)
+        try:
+            done.append(await q.commit_instance(rec, sink, ["pacs"]))
+        except QueueClosed:
+            refused += 1
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as outer, SQLITE.running(storage) as q:
+            assert isinstance(q, SqliteQueue)
+            for seed in range(40):
+                outer.start_soon(one, q, seed)
+            await anyio.sleep(0)  # the first ones are handed over; then it stops
+    assert len(done) + refused == 40 and done
+    async with SQLITE.running(storage) as q:
+        listed = {e.instance_id for e in await q.list_deliveries()}
+        assert listed == set(done)
+        for le in await q.lease("pacs", 40, 30):
+            assert read_source(le) == payload(INLINE_MAX * 3, int(le.sop_instance_uid[6:]))

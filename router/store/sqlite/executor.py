@@ -197,3 +197,73 @@ class DbThread:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self._core.conn.close()
+
+
+class Installers:
+    """The threads that make a spilled data set durable (fsync, rename into the spool:
+    :meth:`~router.store.spool.Spool.install`) and hand its commit straight to the DB
+    thread. The event loop waits for the commit's answer alone: going back to the loop
+    between the two threads cost a wake-up of each (measured: 0.8 ms p50 per 512 KiB
+    instance from the install's end to the batch's start, one association). Several
+    threads, so that concurrent associations' fsyncs overlap as they did in anyio's
+    worker threads.
+
+    A failed install completes its job with the error, through ``fail`` (called in the
+    event loop), after removing what the sink left. :meth:`stop` lets the threads
+    finish every job handed over (each then reaches the DB thread), then end: stop
+    them, join them, and only then stop the DB thread."""
+
+    _STOP = object()
+
+    def __init__(
+        self,
+        core: Core,
+        db: DbThread,
+        fail: Callable[[CommitJob], None],
+        call_in_loop: Callable[..., object],
+        threads: int = 4,
+    ) -> None:
+        self._core = core
+        self._db = db
+        self._fail = fail
+        self._call_in_loop = call_in_loop
+        self._jobs: thread_queue.SimpleQueue[Any] = thread_queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._main, name=f"router-queue-install-{i}", daemon=True)
+            for i in range(threads)
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def put(self, job: CommitJob) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(self._STOP)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def _main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is self._STOP:
+                return
+            sink = job.sink
+            try:
+                self._core.spool.install(sink)
+            except BaseException as e:  # whatever it is, the job carries it to its waiter
+                sink.abort()
+                with contextlib.suppress(OSError):
+                    self._core.spool.remove(sink.id)
+                job.error = e
+                try:
+                    self._call_in_loop(self._fail, job)
+                except RuntimeError:  # the loop is gone: nobody is waiting any more
+                    return
+                continue
+            self._db.put(job)

@@ -48,13 +48,19 @@ from router.store.spool import Spool, SpooledSink, StoreRequestLike
 from router.store.sqlite import commands
 from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
-from router.store.sqlite.executor import BatchResult, CommitJob, DbThread, Job
+from router.store.sqlite.executor import BatchResult, CommitJob, DbThread, Installers, Job
 from router.store.sqlite.schema import DB_NAME, connect, lock_storage
 from router.store.wakeups import WorkWaiters
 
 T = TypeVar("T")
 
 log = logging.getLogger("router.store.queue")
+
+
+def _stop_in_order(installers: Installers, db: DbThread) -> None:
+    installers.join()
+    db.stop()
+    db.join()
 
 
 class SqliteQueue:
@@ -87,6 +93,7 @@ class SqliteQueue:
         self.clock = clock
         self.max_pending_jobs = max_pending_jobs
         self._db: DbThread | None = None
+        self._installers: Installers | None = None
         self._slots = anyio.Semaphore(max_pending_jobs)  # jobs handed over, not yet done
         self._started = False
         self._core: Core | None = None
@@ -126,8 +133,10 @@ class SqliteQueue:
             # the router runs on anyio's asyncio backend (router.dicom._stream needs it)
             loop = asyncio.get_running_loop()
             db = DbThread(core, self.max_batch, self._batch_done, loop.call_soon_threadsafe)
-            self._db = db
+            installers = Installers(core, db, self._install_failed, loop.call_soon_threadsafe)
+            self._db, self._installers = db, installers
             db.start()
+            installers.start()
             self._running = True
             try:
                 async with anyio.create_task_group() as tg:
@@ -138,11 +147,12 @@ class SqliteQueue:
                     await anyio.sleep_forever()
             finally:
                 self._running = False
-                db.stop()
+                installers.stop()
                 with anyio.CancelScope(shield=True):
-                    # jobs handed over finish (their waiters are shielded), then it closes
-                    await anyio.to_thread.run_sync(db.join)
-                    self._db = None
+                    # jobs handed over finish (their waiters are shielded), installs
+                    # first: each hands its commit to the DB thread; then it closes
+                    await anyio.to_thread.run_sync(_stop_in_order, installers, db)
+                    self._db = self._installers = None
         finally:
             os.close(lock_fd)
 
@@ -174,17 +184,26 @@ class SqliteQueue:
                     j.done.set_result(None)
                 slots.release()
 
-    async def _submit(self, job: Job[Any]) -> None:
-        """Hand ``job`` to the DB thread (waiting while ``max_pending_jobs`` are in it)."""
+    def _install_failed(self, job: CommitJob) -> None:
+        """In the event loop: an install failed (its sink is cleaned up); wake its waiter."""
+        self._batch_done([job], BatchResult(Delta(), {}, committed=False))
+
+    async def _submit(self, job: Job[Any], *, install: bool = False) -> None:
+        """Hand ``job`` to the DB thread, or with ``install`` (a spilled commit) to the
+        installers, which hand it on (waiting while ``max_pending_jobs`` are in them)."""
         try:  # the usual case, without the checkpoint (a loop pass) acquire() makes
             self._slots.acquire_nowait()
         except anyio.WouldBlock:
             await self._slots.acquire()
-        db = self._db
-        if not self._running or db is None:
+        db, installers = self._db, self._installers
+        if not self._running or db is None or installers is None:
             self._slots.release()
             raise QueueClosed("the queue stopped")
-        db.put(job)
+        if install:
+            assert isinstance(job, CommitJob)
+            installers.put(job)
+        else:
+            db.put(job)
 
     def _apply(self, res: BatchResult) -> None:
         d = res.delta
@@ -305,19 +324,13 @@ class SqliteQueue:
         self._committing += 1
         try:
             with anyio.CancelScope(shield=True):
-                if sink.spilled:
-                    try:
-                        await anyio.to_thread.run_sync(self.spool.install, sink)
-                    except BaseException:
-                        sink.abort()
-                        self.spool.remove(ident)
-                        raise
-                else:
-                    sink.close()
                 job = CommitJob(lambda c, d: c.insert_instance(ident, record, sink, dests, d), sink)
-                try:
-                    await self._submit(job)
+                if not sink.spilled:
+                    sink.close()
+                try:  # a spilled one is installed first, in an installer thread
+                    await self._submit(job, install=sink.spilled)
                 except QueueClosed:
+                    sink.abort()
                     self.spool.remove(ident)
                     raise
                 await job.done
