@@ -64,7 +64,7 @@ class BatchResult:
 
 
 def run_batch(core: Core, jobs: Sequence[Job[Any]]) -> BatchResult:
-    """One transaction for every job (each in a savepoint). Runs in the worker thread."""
+    """One transaction for every job (each in a savepoint). Runs in the DB thread."""
     total = Delta()
     dirs = {
         core.spool.subdir_for(j.sink.id)
