@@ -2,7 +2,7 @@
 
 Run by :mod:`benchmarks.phases`, never by the product. It wraps, for the length of one
 process, the router's own methods at the boundaries an instance crosses (the ingest's
-open, finish and answered hooks, the spool's install in a worker thread, the SQLite
+open, finish and answered hooks, the spool's install in an installer thread, the SQLite
 queue's batch in its DB thread) with ``time.perf_counter`` stamps, and at exit writes
 one JSON object to ``$PHASES_OUT``: per phase, the p50, p90 and mean in milliseconds.
 
@@ -12,7 +12,7 @@ Phases, in the order one instance meets them (the spool's are absent for inline 
   C-STORE-RQ has reached the ingest (the sender's own time, the network, our read of
   the command);
 - ``receive``: the data set's PDUs, until the last one;
-- ``to_install`` / ``install``: header read, rules, to the worker thread; its fsync of
+- ``to_install`` / ``install``: header read, rules, to an installer thread; its fsync of
   the spilled file and rename;
 - ``to_batch`` / ``batch``: to the DB thread; its transaction with the WAL sync;
 - ``to_resume``: the DB thread's answer back on the event loop;
