@@ -27,6 +27,7 @@ from router.store.records import (
 )
 from router.store.sqlite import DB_NAME, SqliteQueue
 from router.store.sqlite.schema import VERSION
+from tests.async_peers import until_awaited
 from tests.store.helpers import (
     CT,
     EXPLICIT,
@@ -307,10 +308,12 @@ async def test_a_stop_with_installs_in_flight_answers_each_commit_truly(storage:
     fails (and nothing of it is); none hangs."""
     done: list[str] = []
     refused = 0
+    handed = 0
 
     async def one(q: SqliteQueue, seed: int) -> None:
-        nonlocal refused
+        nonlocal refused, handed
         rec, sink = _spilled(q, seed)
+        handed += 1  # the commit hands its job over before its first suspension
         try:
             done.append(await q.commit_instance(rec, sink, ["pacs"]))
         except QueueClosed:
@@ -321,7 +324,11 @@ async def test_a_stop_with_installs_in_flight_answers_each_commit_truly(storage:
             assert isinstance(q, SqliteQueue)
             for seed in range(40):
                 outer.start_soon(one, q, seed)
-            await anyio.sleep(0)  # the first ones are handed over; then it stops
+
+            async def all_handed() -> bool:
+                return handed == 40
+
+            await until_awaited(all_handed)  # then it stops, with installs in flight
     assert len(done) + refused == 40 and done
     async with SQLITE.running(storage) as q:
         listed = {e.instance_id for e in await q.list_deliveries()}
