@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    HOST,
     ROUTER_AE,
     InputSet,
     RunDir,
@@ -38,7 +37,7 @@ from benchmarks.common import (
 from benchmarks.dicomfiles import read_meta
 from benchmarks.phase_timers import PHASES
 from benchmarks.procs import BenchError, reap, reserve_port, running, spawn, wait_listening
-from benchmarks.router_runs import INGEST_CONFIG, _wait_ready, router_config
+from benchmarks.router_runs import _wait_ready, ingest_config, router_config
 from benchmarks.run import parse_sizes
 
 
@@ -48,19 +47,11 @@ def measure(settings: Settings, inputs: InputSet, *, forward: bool) -> dict[str,
         out, storage = rd.out(), rd.sub("storage")
         dest_port, port, http_port = reserve_port(), reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
-        if forward:
-            cfg.write_text(router_config(settings, port, storage, http_port, dest_port, 1, ""))
-        else:
-            cfg.write_text(
-                INGEST_CONFIG.format(
-                    router_ae=ROUTER_AE,
-                    host=HOST,
-                    port=port,
-                    storage=storage,
-                    http_port=http_port,
-                    pdu=settings.pdu,
-                )
-            )
+        cfg.write_text(
+            router_config(settings, port, storage, http_port, dest_port, 1, "")
+            if forward
+            else ingest_config(settings, port, storage, http_port)
+        )
         report = rd.path / "phases.json"
         env = py_env() | {"PHASES_OUT": str(report)}
         deadline = time.monotonic() + settings.timeout

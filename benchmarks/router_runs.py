@@ -412,6 +412,18 @@ rules: []
 """
 
 
+def ingest_config(settings: Settings, port: int, storage: Path, http_port: int) -> str:
+    """The router's config for the durable ingest alone: no destination, no rule."""
+    return INGEST_CONFIG.format(
+        router_ae=ROUTER_AE,
+        host=HOST,
+        port=port,
+        storage=storage,
+        http_port=http_port,
+        pdu=settings.pdu,
+    )
+
+
 def run_router_ingest(settings: Settings, inputs: InputSet, rnd: int) -> RunResult:
     """The durable acknowledgement chain on its own: where the full path's time goes
     between receiving (this) and forwarding (the rest of `router`)."""
@@ -420,16 +432,7 @@ def run_router_ingest(settings: Settings, inputs: InputSet, rnd: int) -> RunResu
         storage = rd.sub("storage")
         port, http_port = reserve_port(), reserve_port()
         cfg = rd.path / "router.yaml"
-        cfg.write_text(
-            INGEST_CONFIG.format(
-                router_ae=ROUTER_AE,
-                host=HOST,
-                port=port,
-                storage=storage,
-                http_port=http_port,
-                pdu=settings.pdu,
-            )
-        )
+        cfg.write_text(ingest_config(settings, port, storage, http_port))
         router = _spawn_router(settings, rd, cfg)
         with running(router):
             _wait_ready(router, rd, http_port)
