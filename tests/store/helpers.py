@@ -24,6 +24,7 @@ from router.store.postgres import PgQueue
 from router.store.postgres.admin import PgAdmin
 from router.store.records import InstanceRecord, Lease
 from router.store.sqlite import SqliteQueue
+from tests.async_peers import until
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -157,3 +158,11 @@ def read_source(lease: Lease) -> bytes:
     raw = src.read_bytes() if isinstance(src, Path) else src
     assert len(raw) == lease.size
     return raw[lease.data_offset :]
+
+
+async def data_gone(q: QueueBackend, ident: str) -> bool:
+    """True once the spool file of ``ident`` is gone. The SQLite queue unlinks the files
+    of removed instances in a thread of its own after the commit, so a test waits for
+    it (with a deadline) instead of expecting it when the call returns."""
+    await until(lambda: not q.spool.path_for(ident).exists())
+    return True

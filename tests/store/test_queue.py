@@ -27,6 +27,7 @@ from tests.store.helpers import (
     Clock,
     Req,
     commit,
+    data_gone,
     payload,
     read_source,
 )
@@ -146,7 +147,7 @@ async def test_instance_done_only_when_every_destination_delivered(
         assert q.spool.path_for(ident).exists()
         assert (await stats(q)).instances == 1
         await q.delivered([la.delivery_id])
-        assert not q.spool.path_for(ident).exists()
+        assert await data_gone(q, ident)
         assert (await stats(q)).instances == 0 and (await stats(q)).counts == {}
         await check_counters(q)
 
@@ -165,7 +166,7 @@ async def test_a_lease_records_what_was_delivered_first(backend: Backend, storag
         done = [(first[0].delivery_id, 0x0000), (first[1].delivery_id, 0xB000)]
         (nxt,) = await q.lease("pacs", 5, 30, done)
         assert nxt.instance_id == c
-        assert not q.spool.path_for(a).exists()  # a is done: its data is gone
+        assert await data_gone(q, a)  # a is done: its data is gone
         entries = await q.list_deliveries(Filter(destination="pacs"))
         # b waits for "ai"; its "pacs" delivery is recorded with the warning received
         assert {e.instance_id: (e.state, e.last_status) for e in entries} == {
@@ -269,7 +270,7 @@ async def test_unrouted_instances_are_kept_counted_and_purgeable(
             b,
         ]
         assert await q.purge(Filter(state="unrouted", study_uid="1.9.1")) == 1
-        assert not q.spool.path_for(a).exists()
+        assert await data_gone(q, a)
         assert (await stats(q)).unrouted == 1
         await check_counters(q)
 
@@ -288,7 +289,7 @@ async def test_retention_keeps_then_housekeeping_removes(backend: Backend, stora
         assert await q.housekeeping() == 0
         clock.t += 1
         assert await q.housekeeping() == 1
-        assert not q.spool.path_for(ident).exists()
+        assert await data_gone(q, ident)
         assert (await stats(q)).counts == {}
         await check_counters(q)
 

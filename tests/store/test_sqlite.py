@@ -27,7 +27,7 @@ from router.store.records import (
 )
 from router.store.sqlite import DB_NAME, SqliteQueue
 from router.store.sqlite.schema import VERSION
-from tests.async_peers import until_awaited
+from tests.async_peers import until, until_awaited
 from tests.store.helpers import (
     CT,
     EXPLICIT,
@@ -35,6 +35,7 @@ from tests.store.helpers import (
     Req,
     backend_named,
     commit,
+    data_gone,
     payload,
     read_source,
 )
@@ -335,3 +336,47 @@ async def test_a_stop_with_installs_in_flight_answers_each_commit_truly(storage:
         assert listed == set(done)
         for le in await q.lease("pacs", 40, 30):
             assert read_source(le) == payload(INLINE_MAX * 3, int(le.sop_instance_uid[6:]))
+
+
+@pytest.mark.asyncio
+async def test_a_stop_removes_the_files_of_every_instance_delivered_before_it(
+    storage: Path,
+) -> None:
+    """The files of removed instances are unlinked by a thread of their own, after the
+    commit; a stop waits for it, so none of them outlives the queue."""
+    async with SQLITE.running(storage) as q:
+        for seed in range(30):
+            await commit(q, INLINE_MAX * 4, ["pacs"], seed=seed)
+        assert len(q.spool.iter_ids()) == 30
+        leased = await q.lease("pacs", 30, 30)
+        await q.delivered([le.delivery_id for le in leased])
+    assert q.spool.iter_ids() == []
+    assert read_counts(storage).instances == 0
+
+
+@pytest.mark.asyncio
+async def test_a_spool_file_that_cannot_be_removed_is_logged_and_the_queue_goes_on(
+    storage: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unlink that fails after the commit (here: a directory where the file was,
+    which even root cannot unlink) is one warning naming the instance; the rows are
+    gone, and later removals go on."""
+    caplog.set_level(logging.WARNING, logger="router.store.queue")
+    async with SQLITE.running(storage) as q:
+        stuck = await commit(q, INLINE_MAX * 2, ["pacs"], seed=1)
+        path = q.spool.path_for(stuck)
+        path.unlink()
+        (path / "x").mkdir(parents=True)
+        (le,) = await q.lease("pacs", 1, 30)
+        await q.delivered([le.delivery_id])
+
+        def warned() -> bool:
+            return any(stuck in r.getMessage() for r in caplog.records)
+
+        await until(warned)
+        assert q.stats().instances == 0
+        other = await commit(q, INLINE_MAX * 2, ["pacs"], seed=2)
+        (le,) = await q.lease("pacs", 1, 30)
+        assert le.instance_id == other
+        await q.delivered([le.delivery_id])
+        assert await data_gone(q, other)

@@ -127,6 +127,9 @@ class Core:
         self._synchronous = "FULL"
         #: destination -> its hold policy; set by the queue (and on each reload)
         self.holds: Mapping[str, Hold] = {}
+        #: where the spool files of removed instances go once their rows are committed
+        #: away; None: unlinked at once (the queue sets a thread of its own)
+        self.discard: Callable[[Sequence[str]], None] | None = None
 
     # -- transactions
 
@@ -152,9 +155,13 @@ class Core:
         return result, d
 
     def remove_data(self, items: Iterable[tuple[str, bool]]) -> None:
-        for ident, spooled in items:
-            if spooled:
-                self.spool.remove(ident)
+        """Remove the spool files of instances whose removal is committed."""
+        spooled = [ident for ident, sp in items if sp]
+        if self.discard is not None:
+            self.discard(spooled)
+            return
+        for ident in spooled:
+            self.spool.remove(ident)
 
     # -- commit
 

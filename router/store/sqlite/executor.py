@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from router.store.records import CommitResult
-from router.store.spool import SpooledSink, fsync_dir
+from router.store.spool import Spool, SpooledSink, fsync_dir
 from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
 
@@ -267,3 +267,45 @@ class Installers:
                     return
                 continue
             self._db.put(job)
+
+
+class Remover:
+    """The thread that deletes the spool files of removed instances, after the commit
+    that removed their rows. Unlinking a large file frees its blocks (measured: 0.4-1 ms
+    per 512 KiB file on ext4): in the DB thread, every acknowledgement waiting behind a
+    batch of delivered marks paid for those unlinks. A removal lost to a crash or a stop
+    leaves a file without a row, which the next start sweeps as an orphan.
+
+    ``put`` waits while ``max_pending`` batches of ids are queued: the DB thread slows
+    down rather than the backlog growing without bound."""
+
+    _STOP = object()
+
+    def __init__(self, spool: Spool, max_pending: int = 256) -> None:
+        self._spool = spool
+        self._jobs: thread_queue.Queue[Any] = thread_queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._main, name="router-queue-remove", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._jobs.put(ids)
+
+    def stop(self) -> None:
+        self._jobs.put(self._STOP)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _main(self) -> None:
+        while True:
+            ids = self._jobs.get()
+            if ids is self._STOP:
+                return
+            for ident in ids:
+                try:
+                    self._spool.remove(ident)
+                except OSError as e:  # the row is gone: the next start sweeps the file
+                    log.warning("could not remove spool file of instance %s: %s", ident, e.strerror)

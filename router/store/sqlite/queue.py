@@ -48,7 +48,14 @@ from router.store.spool import Spool, SpooledSink, StoreRequestLike
 from router.store.sqlite import commands
 from router.store.sqlite import holds as hold_sql
 from router.store.sqlite.core import Core, Delta
-from router.store.sqlite.executor import BatchResult, CommitJob, DbThread, Installers, Job
+from router.store.sqlite.executor import (
+    BatchResult,
+    CommitJob,
+    DbThread,
+    Installers,
+    Job,
+    Remover,
+)
 from router.store.sqlite.schema import DB_NAME, connect, lock_storage
 from router.store.wakeups import WorkWaiters
 
@@ -57,10 +64,12 @@ T = TypeVar("T")
 log = logging.getLogger("router.store.queue")
 
 
-def _stop_in_order(installers: Installers, db: DbThread) -> None:
+def _stop_in_order(installers: Installers, db: DbThread, remover: Remover) -> None:
     installers.join()
     db.stop()
     db.join()
+    remover.stop()
+    remover.join()
 
 
 class SqliteQueue:
@@ -132,9 +141,12 @@ class SqliteQueue:
             self._core = core
             # the router runs on anyio's asyncio backend (router.dicom._stream needs it)
             loop = asyncio.get_running_loop()
+            remover = Remover(self.spool)
+            core.discard = remover.put
             db = DbThread(core, self.max_batch, self._batch_done, loop.call_soon_threadsafe)
             installers = Installers(core, db, self._install_failed, loop.call_soon_threadsafe)
             self._db, self._installers = db, installers
+            remover.start()
             db.start()
             installers.start()
             self._running = True
@@ -150,8 +162,9 @@ class SqliteQueue:
                 installers.stop()
                 with anyio.CancelScope(shield=True):
                     # jobs handed over finish (their waiters are shielded), installs
-                    # first: each hands its commit to the DB thread; then it closes
-                    await anyio.to_thread.run_sync(_stop_in_order, installers, db)
+                    # first: each hands its commit to the DB thread; then it closes, and
+                    # the files of the instances it removed go last
+                    await anyio.to_thread.run_sync(_stop_in_order, installers, db, remover)
                     self._db = self._installers = None
         finally:
             os.close(lock_fd)
