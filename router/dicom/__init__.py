@@ -16,6 +16,7 @@ from router.dicom.errors import (
     NoPresentationContext,
     PduTooLarge,
     ProtocolError,
+    SourceError,
 )
 from router.dicom.handler import FileSink, StoreHandler, StoreRefused
 from router.dicom.requestor import Association, Segment, associate
@@ -37,6 +38,7 @@ __all__ = [
     "Rejection",
     "Segment",
     "Sink",
+    "SourceError",
     "Status",
     "StoreHandler",
     "StoreRefused",

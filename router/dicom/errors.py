@@ -1,4 +1,5 @@
-"""Typed errors of the DICOM layer; every one is a `DicomError`."""
+"""Typed errors of the DICOM layer; every one is a `DicomError`, but for
+`SourceError`, which is about the caller's data, not the association."""
 
 from __future__ import annotations
 
@@ -57,3 +58,9 @@ class AssociationAborted(DicomError):
         super().__init__(f"association aborted source={source} reason={reason}")
         self.source = source
         self.reason = reason
+
+
+class SourceError(ValueError):
+    """The data set to send is shorter than the range it was given (a file cut or
+    changed under the sender). Raised before the first byte went out, the association
+    stays usable; after, it has been aborted, so the peer keeps nothing of it."""

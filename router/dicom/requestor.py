@@ -41,6 +41,7 @@ from router.dicom.errors import (
     DicomTimeout,
     NoPresentationContext,
     ProtocolError,
+    SourceError,
 )
 from router.dicom.framing import PDataFramer, SlotWriter, copy_into, read_into
 from router.dicom.pdu import (
@@ -311,7 +312,7 @@ class Association:
                 spans = writer.spans(take)
                 if isinstance(src, int):
                     if read_into(src, spans, start + consumed) != take:
-                        raise ValueError(f"{label}: file shrank while sending")
+                        raise SourceError(f"{label}: file shrank while sending")
                 else:
                     copy_into(spans, src[start + consumed : start + consumed + take])
                 consumed += take
@@ -381,13 +382,13 @@ def _part(
         if length is None:
             length = size - offset
         if offset < 0 or length < 0 or offset + length > size:
-            raise ValueError(f"{source}: range {offset}+{length} outside {size} bytes")
+            raise SourceError(f"{source}: range {offset}+{length} outside {size} bytes")
         return fd, offset, length, str(source)
     view = memoryview(source)
     if length is None:
         length = len(view) - offset
     if offset < 0 or length < 0 or offset + length > len(view):
-        raise ValueError(f"range {offset}+{length} outside {len(view)} bytes")
+        raise SourceError(f"range {offset}+{length} outside {len(view)} bytes")
     return view, offset, length, "data"
 
 
@@ -397,7 +398,7 @@ def _segment_part(seg: Segment, fds: list[int]) -> _Part:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         fds.append(fd)
         if start < 0 or n < 0 or start + n > os.fstat(fd).st_size:
-            raise ValueError(f"{path}: range {start}+{n} outside the file")
+            raise SourceError(f"{path}: range {start}+{n} outside the file")
         return fd, start, n, str(path)
     view = memoryview(seg)
     return view, 0, len(view), "data"

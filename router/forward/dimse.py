@@ -27,6 +27,7 @@ from router.dicom import (
     DicomError,
     DicomTimeout,
     NoPresentationContext,
+    SourceError,
     StoreResponse,
     associate,
 )
@@ -208,6 +209,9 @@ class DimseSession:
             if self._profile is not None:
                 return await self._store_profiled(lease, self._profile)
             return _answered(await self._store_as_received(lease))
+        except SourceError as e:
+            # the stored data is shorter than its row says: no retry can send it whole
+            return Unsendable(f"stored data damaged: {e}")
         except (DicomError, OSError) as e:
             raise _error(e) from e
 

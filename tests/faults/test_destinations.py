@@ -6,6 +6,7 @@ Related, already covered: tests/integration/test_end_to_end.py
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from pydicom import dcmread
 
 from router.samples import write_many
-from tests.faults.faultlib import dest, instance_count, make_router, rows, status_scp
+from tests.faults.faultlib import dest, echo_ok, instance_count, make_router, rows, status_scp
 from tests.integration.peers import (
     RouterProcess,
     running,
@@ -150,3 +151,36 @@ def test_16_a7xx_retried_a9xx_cxxx_0122_dead_letters_visible_and_replayable(
             assert "3 dead letter(s) back to pending" in replay.stdout
             wait_for(lambda: set(uid) <= set(scp.ok_uids()), 30, "the replayed dead letters")
             wait_for(lambda: instance_count(router) == 0, 30, "every delivery to end")
+
+
+def test_a_spool_file_cut_short_is_a_dead_letter_and_the_router_serves_on(
+    tmp_path: Path,
+) -> None:
+    """A spooled data set whose file was cut under the router (a damaged disk, a
+    mistaken hand) is never sent as if whole: its delivery is a dead letter naming the
+    damage, the router stays up, and the other instances are delivered."""
+    files = write_many(tmp_path / "src", 2, size=600_000)
+    uid = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    with status_scp(ae_title="PACS", status=0xA700) as scp:
+        router = make_router(tmp_path, {"pacs": dest("PACS", scp.port)})
+        with running(router):
+            assert storescu(router.port, files).returncode == 0
+            wait_for(lambda: scp.answered().count(0xA700) >= 2, 30, "both tried once")
+            ((ident,),) = rows(router, "SELECT id FROM instance WHERE sop_instance_uid = ?", uid[0])
+            spooled = router.storage / "spool" / ident[5:7] / f"{ident}.dcm"
+            os.truncate(spooled, spooled.stat().st_size // 2)
+            scp.status = 0x0000
+            wait_for(lambda: uid[1] in scp.ok_uids(), 30, "the whole instance delivered")
+            wait_for(
+                lambda: rows(
+                    router,
+                    "SELECT last_error FROM delivery WHERE state = 'failed'",
+                ),
+                30,
+                "a dead letter for the cut one",
+            )
+            ((error,),) = rows(router, "SELECT last_error FROM delivery WHERE state = 'failed'")
+            assert "stored data damaged" in error, error
+            assert uid[0] not in scp.ok_uids()
+            assert router.proc is not None and router.proc.poll() is None
+            assert echo_ok(router.port)
