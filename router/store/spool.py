@@ -27,6 +27,7 @@ import ctypes
 import functools
 import io
 import itertools
+import logging
 import os
 import random
 import secrets
@@ -34,7 +35,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
@@ -52,6 +53,8 @@ __all__ = [
     "part10_header",
     "start_writeback",
 ]
+
+log = logging.getLogger("router.store.spool")
 
 TMP_SUFFIX = ".part"
 WRITE_BUFFER = 256 * 1024  # a spilled sink writes in chunks of this size (fewer syscalls)
@@ -402,3 +405,13 @@ class Spool:
             return True
         except FileNotFoundError:
             return False
+
+    def remove_all(self, ids: Iterable[str]) -> None:
+        """Remove the files of instances whose rows are gone (blocking). One that cannot
+        be unlinked is a warning, not a failure: nothing refers to it any more, and the
+        next start's sweep tries again."""
+        for ident in ids:
+            try:
+                self.remove(ident)
+            except OSError as e:
+                log.warning("could not remove spool file of instance %s: %s", ident, e.strerror)

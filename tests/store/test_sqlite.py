@@ -25,6 +25,7 @@ from router.store.records import (
     SchemaError,
     State,
 )
+from router.store.spool import new_id
 from router.store.sqlite import DB_NAME, SqliteQueue
 from router.store.sqlite.schema import VERSION
 from tests.async_peers import until, until_awaited
@@ -361,7 +362,7 @@ async def test_a_spool_file_that_cannot_be_removed_is_logged_and_the_queue_goes_
     """An unlink that fails after the commit (here: a directory where the file was,
     which even root cannot unlink) is one warning naming the instance; the rows are
     gone, and later removals go on."""
-    caplog.set_level(logging.WARNING, logger="router.store.queue")
+    caplog.set_level(logging.WARNING, logger="router.store.spool")
     async with SQLITE.running(storage) as q:
         stuck = await commit(q, INLINE_MAX * 2, ["pacs"], seed=1)
         path = q.spool.path_for(stuck)
@@ -380,3 +381,19 @@ async def test_a_spool_file_that_cannot_be_removed_is_logged_and_the_queue_goes_
         assert le.instance_id == other
         await q.delivered([le.delivery_id])
         assert await data_gone(q, other)
+
+
+@pytest.mark.asyncio
+async def test_an_orphan_that_cannot_be_removed_does_not_stop_the_start(
+    storage: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up sweep of spool files without rows warns about one it cannot unlink
+    (a directory in its place) and starts all the same."""
+    caplog.set_level(logging.WARNING, logger="router.store.spool")
+    async with SQLITE.running(storage) as q:
+        orphan = new_id()
+        (q.spool.path_for(orphan) / "x").mkdir(parents=True)
+    async with SQLITE.running(storage) as q:
+        assert any(orphan in r.getMessage() for r in caplog.records)
+        kept = await commit(q, INLINE_MAX * 2, ["pacs"], seed=3)
+        assert kept in q.spool.iter_ids()

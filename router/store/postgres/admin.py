@@ -21,7 +21,6 @@ import psycopg
 from router.store.hold_release import Released, log_released
 from router.store.postgres import commands, ops
 from router.store.postgres.schema import SCHEMA_VERSION, schema_version
-from router.store.postgres.writer import remove_all
 from router.store.records import Entry, Filter, QueueCounts, SchemaError, StoreError
 from router.store.spool import Spool
 
@@ -129,7 +128,7 @@ class PgAdmin:
             return await commands.purge(conn, f, self.clock(), self.retention)
 
         n, removed = self._run(purge)
-        remove_all(spool, [ident for ident, spooled in removed if spooled])
+        spool.remove_all([ident for ident, spooled in removed if spooled])
         return n
 
     def release_holds(self, f: Filter = Filter()) -> int:
@@ -149,5 +148,5 @@ class PgAdmin:
     def housekeeping(self) -> int:
         spool = self._writable()
         removed = self._run(lambda conn: ops.housekeeping(conn, self.clock(), self.retention))
-        remove_all(spool, [ident for ident, spooled in removed if spooled])
+        spool.remove_all([ident for ident, spooled in removed if spooled])
         return len(removed)

@@ -50,7 +50,7 @@ from router.store.postgres.hold_timer import ReleaseTimer
 from router.store.postgres.leases import HeldLeases
 from router.store.postgres.listen import Listener
 from router.store.postgres.upkeep import NODE_ID, check_conninfo, default_node_id
-from router.store.postgres.writer import BatchOutcome, CommitJob, GroupWriter, remove_all
+from router.store.postgres.writer import BatchOutcome, CommitJob, GroupWriter
 from router.store.queue import (
     CommitResult,
     Entry,
@@ -256,7 +256,7 @@ class PgQueue:
     async def _remove_data(self, removed: ops.Removed) -> None:
         spooled = [ident for ident, sp in removed if sp]
         if spooled:
-            await anyio.to_thread.run_sync(remove_all, self.spool, spooled)
+            await anyio.to_thread.run_sync(self.spool.remove_all, spooled)
 
     # -- ingest side
 

@@ -26,7 +26,6 @@ from psycopg_pool import AsyncConnectionPool
 from router.store.postgres import ops
 from router.store.postgres.errors import DatabaseUnavailable
 from router.store.postgres.schema import migrate
-from router.store.postgres.writer import remove_all
 from router.store.spool import Spool
 
 __all__ = [
@@ -75,7 +74,7 @@ async def sweep_orphans(tx: Tx, spool: Spool, min_age: float) -> int:
             known = await ops.known_spooled(conn, chunk)
         gone += [ident for ident in chunk if ident not in known]
     if gone:
-        await anyio.to_thread.run_sync(remove_all, spool, gone)
+        await anyio.to_thread.run_sync(spool.remove_all, gone)
         log.info("removed %d spool files without queue rows", len(gone))
     return len(gone)
 

@@ -36,7 +36,7 @@ from router.store.postgres.errors import CommitUncertain, DatabaseUnavailable
 from router.store.queue import CommitResult, InstanceRecord, QueueClosed
 from router.store.spool import Spool, SpooledSink, fsync_dir
 
-__all__ = ["BatchOutcome", "CommitJob", "GroupWriter", "remove_all"]
+__all__ = ["BatchOutcome", "CommitJob", "GroupWriter"]
 
 log = logging.getLogger("router.store.postgres")
 
@@ -151,7 +151,7 @@ class GroupWriter:
                 )
             ]
             if remove:
-                await anyio.to_thread.run_sync(remove_all, self.spool, remove)
+                await anyio.to_thread.run_sync(self.spool.remove_all, remove)
             for j in jobs:
                 if j.error is None and j.result is None:
                     j.error = QueueClosed("the commit did not run")
@@ -285,9 +285,3 @@ class GroupWriter:
 def _fsync_dirs(dirs: Sequence[Path]) -> None:
     for d in dirs:
         fsync_dir(d)
-
-
-def remove_all(spool: Spool, ids: Sequence[str]) -> None:
-    """Remove spool files (blocking: run in a worker thread)."""
-    for ident in ids:
-        spool.remove(ident)

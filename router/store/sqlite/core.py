@@ -160,8 +160,7 @@ class Core:
         if self.discard is not None:
             self.discard(spooled)
             return
-        for ident in spooled:
-            self.spool.remove(ident)
+        self.spool.remove_all(spooled)
 
     # -- commit
 
@@ -481,8 +480,7 @@ class Core:
                 )
             }
             orphans.extend(i for i in chunk if i not in known)
-        for ident in orphans:
-            self.spool.remove(ident)
+        self.spool.remove_all(orphans)
         if orphans:
             log.info("removed %d spool files without queue rows", len(orphans))
         missing: list[str] = []

@@ -304,8 +304,4 @@ class Remover:
             ids = self._jobs.get()
             if ids is self._STOP:
                 return
-            for ident in ids:
-                try:
-                    self._spool.remove(ident)
-                except OSError as e:  # the row is gone: the next start sweeps the file
-                    log.warning("could not remove spool file of instance %s: %s", ident, e.strerror)
+            self._spool.remove_all(ids)
