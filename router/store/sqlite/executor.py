@@ -304,4 +304,7 @@ class Remover:
             ids = self._jobs.get()
             if ids is self._STOP:
                 return
-            self._spool.remove_all(ids)
+            try:
+                self._spool.remove_all(ids)
+            except Exception:  # a bug: the thread must live on, or the DB thread blocks
+                log.exception("removing spool files failed")
