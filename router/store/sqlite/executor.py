@@ -127,13 +127,39 @@ def run_batch(core: Core, jobs: Sequence[Job[Any]]) -> BatchResult:
     return BatchResult(total, minima, committed, next_release)
 
 
-class DbThread:
+class _JobThreads:
+    """Threads that take jobs from one FIFO until each meets a stop marker. :meth:`stop`
+    queues the markers behind the jobs already handed over, so those finish first."""
+
+    _STOP = object()
+
+    def __init__(self, jobs: thread_queue.SimpleQueue[Any] | thread_queue.Queue[Any], *names: str):
+        self._jobs = jobs
+        self._threads = [
+            threading.Thread(target=self._main, name=name, daemon=True) for name in names
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(self._STOP)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def _main(self) -> None:
+        raise NotImplementedError
+
+
+class DbThread(_JobThreads):
     """The thread that owns the connection: takes jobs from a thread-safe FIFO, runs
     everything pending as one batch (:func:`run_batch`) and hands each finished batch
     back to the event loop with one ``done`` callback. ``stop`` lets it finish the jobs
     already handed over, close the connection and end."""
-
-    _STOP = object()
 
     def __init__(
         self,
@@ -142,24 +168,14 @@ class DbThread:
         done: Callable[[Sequence[Job[Any]], BatchResult], None],
         call_in_loop: Callable[..., object],
     ) -> None:
+        super().__init__(thread_queue.SimpleQueue(), "router-queue-db")
         self._core = core
         self._max_batch = max_batch
         self._done = done
         self._call_in_loop = call_in_loop
-        self._jobs: thread_queue.SimpleQueue[Any] = thread_queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name="router-queue-db", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def put(self, job: Job[Any]) -> None:
         self._jobs.put(job)
-
-    def stop(self) -> None:
-        self._jobs.put(self._STOP)
-
-    def join(self) -> None:
-        self._thread.join()
 
     def _main(self) -> None:
         try:
@@ -199,7 +215,7 @@ class DbThread:
                 self._core.conn.close()
 
 
-class Installers:
+class Installers(_JobThreads):
     """The threads that make a spilled data set durable (fsync, rename into the spool:
     :meth:`~router.store.spool.Spool.install`) and hand its commit straight to the DB
     thread. The event loop waits for the commit's answer alone: going back to the loop
@@ -213,8 +229,6 @@ class Installers:
     finish every job handed over (each then reaches the DB thread), then end: stop
     them, join them, and only then stop the DB thread."""
 
-    _STOP = object()
-
     def __init__(
         self,
         core: Core,
@@ -223,30 +237,15 @@ class Installers:
         call_in_loop: Callable[..., object],
         threads: int = 4,
     ) -> None:
+        names = [f"router-queue-install-{i}" for i in range(threads)]
+        super().__init__(thread_queue.SimpleQueue(), *names)
         self._core = core
         self._db = db
         self._fail = fail
         self._call_in_loop = call_in_loop
-        self._jobs: thread_queue.SimpleQueue[Any] = thread_queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._main, name=f"router-queue-install-{i}", daemon=True)
-            for i in range(threads)
-        ]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
 
     def put(self, job: CommitJob) -> None:
         self._jobs.put(job)
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(self._STOP)
-
-    def join(self) -> None:
-        for t in self._threads:
-            t.join()
 
     def _main(self) -> None:
         while True:
@@ -269,7 +268,7 @@ class Installers:
             self._db.put(job)
 
 
-class Remover:
+class Remover(_JobThreads):
     """The thread that deletes the spool files of removed instances, after the commit
     that removed their rows. Unlinking a large file frees its blocks (measured: 0.4-1 ms
     per 512 KiB file on ext4): in the DB thread, every acknowledgement waiting behind a
@@ -279,25 +278,13 @@ class Remover:
     ``put`` waits while ``max_pending`` batches of ids are queued: the DB thread slows
     down rather than the backlog growing without bound."""
 
-    _STOP = object()
-
     def __init__(self, spool: Spool, max_pending: int = 256) -> None:
+        super().__init__(thread_queue.Queue(maxsize=max_pending), "router-queue-remove")
         self._spool = spool
-        self._jobs: thread_queue.Queue[Any] = thread_queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._main, name="router-queue-remove", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def put(self, ids: Sequence[str]) -> None:
         if ids:
             self._jobs.put(ids)
-
-    def stop(self) -> None:
-        self._jobs.put(self._STOP)
-
-    def join(self) -> None:
-        self._thread.join()
 
     def _main(self) -> None:
         while True:
