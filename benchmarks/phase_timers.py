@@ -17,6 +17,12 @@ Phases, in the order one instance meets them (the spool's are absent for inline 
 - ``to_batch`` / ``batch``: to the DB thread; its transaction with the WAL sync;
 - ``to_resume``: the DB thread's answer back on the event loop;
 - ``to_answered``: the C-STORE-RSP written.
+
+Besides the phases, the JSON holds ``batches`` (the DB thread's transactions by what
+they carried: acknowledgements only, forwarding work only, or both; count, p50 and mean
+milliseconds) and ``threads`` (CPU milliseconds per instance of each of the router's
+threads, by name, from the first instance to the exit): what receipt and forwarding
+share shows there.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +61,12 @@ class Stamps:
         self.at: dict[str, dict[str, float]] = {}
         self.install: dict[str, tuple[float, float]] = {}
         self.batch: dict[str, tuple[float, float]] = {}
+        #: the DB thread's transactions: (what they carried, seconds)
+        self.batches: list[tuple[str, float]] = []
+        #: CPU seconds of each thread (by name) when the first instance arrived
+        self.cpu_start: dict[str, float] | None = None
+        #: and when the queue began to stop (its threads end then)
+        self.cpu_end: dict[str, float] | None = None
 
     def phases(self) -> list[dict[str, float]]:
         rows: list[dict[str, float]] = []
@@ -80,7 +93,22 @@ class Stamps:
         return rows[WARMUP:]
 
 
-def summary(rows: Sequence[dict[str, float]]) -> dict[str, Any]:
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each live thread of this process, by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:  # not Linux, or the thread just ended
+            continue
+        out[t.name] = out.get(t.name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def summary(stamps: Stamps) -> dict[str, Any]:
+    rows = stamps.phases()
     out: dict[str, Any] = {"instances": len(rows)}
     for name in PHASES:
         values = [r[name] * 1e3 for r in rows if name in r]
@@ -91,6 +119,18 @@ def summary(rows: Sequence[dict[str, float]]) -> dict[str, Any]:
                 "p90_ms": deciles[8],
                 "mean_ms": statistics.fmean(values),
             }
+    kinds: dict[str, list[float]] = {}
+    for kind, seconds in stamps.batches[WARMUP:]:
+        kinds.setdefault(kind, []).append(seconds * 1e3)
+    out["batches"] = {
+        kind: {"count": len(v), "p50_ms": statistics.median(v), "mean_ms": statistics.fmean(v)}
+        for kind, v in kinds.items()
+    }
+    if stamps.cpu_start is not None and stamps.order:
+        end, n = stamps.cpu_end or thread_cpu(), len(stamps.order)
+        out["threads"] = {
+            name: (end[name] - stamps.cpu_start.get(name, 0.0)) * 1e3 / n for name in end
+        }
     return out
 
 
@@ -105,9 +145,12 @@ def install(stamps: Stamps) -> None:
     store_answered = ingest.Ingest.store_answered
     spool_install = spool.Spool.install
     run_batch = executor.run_batch
+    stop_installers = executor.Installers.stop
 
     def timed_open(self: ingest.Ingest, info: Any, req: Any) -> ingest.GuardedSink:
         sink = open_store(self, info, req)
+        if stamps.cpu_start is None:
+            stamps.cpu_start = thread_cpu()
         stamps.order.append(sink.inner.id)
         stamps.at[sink.inner.id] = {"open": _clock()}
         return sink
@@ -137,15 +180,25 @@ def install(stamps: Stamps) -> None:
             return run_batch(core, jobs)
         finally:
             b = _clock()
+            acks = 0
             for j in jobs:
                 if isinstance(j, executor.CommitJob):
                     stamps.batch[j.sink.id] = (a, b)
+                    acks += 1
+            kind = "acks" if acks == len(jobs) else "acks+other" if acks else "other"
+            stamps.batches.append((kind, b - a))
+
+    def stop_and_stamp(self: executor.Installers) -> None:
+        if stamps.cpu_end is None:  # the first of the queue's threads to stop
+            stamps.cpu_end = thread_cpu()
+        stop_installers(self)
 
     setattr(ingest.Ingest, "open_store", timed_open)  # noqa: B010
     setattr(ingest.Ingest, "finish_store", timed_finish)  # noqa: B010
     setattr(ingest.Ingest, "store_answered", timed_answered)  # noqa: B010
     setattr(spool.Spool, "install", timed_install)  # noqa: B010
     setattr(executor, "run_batch", timed_batch)  # noqa: B010
+    setattr(executor.Installers, "stop", stop_and_stamp)  # noqa: B010
 
 
 def main(argv: Sequence[str]) -> int:
@@ -158,7 +211,7 @@ def main(argv: Sequence[str]) -> int:
 
     def write() -> None:
         with open(out, "w") as f:
-            json.dump(summary(stamps.phases()), f)
+            json.dump(summary(stamps), f)
 
     atexit.register(write)  # the router stops on SIGTERM and returns: exit handlers run
     from router.cli import main as router_main

@@ -1,13 +1,15 @@
 """Where one association's time per instance goes, phase by phase.
 
     python -m benchmarks.phases [--size 8k] [--count 2000] [--ingest-only] [--pdu 16384]
+                                [--dest-dir DIR]
 
 storescu -> the router (with :mod:`benchmarks.phase_timers`) -> storescp, one
 association, fsync on, as the `router` scenario of `make bench` runs it (or the
 `router-ingest` one with ``--ingest-only``). Prints the p50, p90 and mean of each phase
-and the rate. The timers cost a few microseconds per stamp; rates are a little below
-`make bench`'s. Where the time goes is what this is for: compare phases, not rates,
-and compare runs made back to back (the machine's speed drifts).
+and the rate, then the DB thread's transactions by what they carried and the router's
+CPU per instance by thread. The timers cost a few microseconds per stamp; rates are a
+little below `make bench`'s. Where the time goes is what this is for: compare phases,
+not rates, and compare runs made back to back (the machine's speed drifts).
 """
 
 from __future__ import annotations
@@ -92,6 +94,17 @@ def table(result: dict[str, Any]) -> str:
         if p is not None:
             lines.append(f"{name:12s} {p['p50_ms']:8.3f} {p['p90_ms']:8.3f} {p['mean_ms']:8.3f}")
     lines.append(f"{result['instances']} instances timed, {result['rate']:.0f} instances/s")
+    batches = result.get("batches", {})
+    if batches:
+        lines.append(f"{'DB batches':12s} {'count':>8s} {'p50 ms':>8s} {'mean ms':>8s}")
+        for kind, b in sorted(batches.items()):
+            lines.append(f"{kind:12s} {b['count']:8d} {b['p50_ms']:8.3f} {b['mean_ms']:8.3f}")
+    threads = {k: v for k, v in result.get("threads", {}).items() if v >= 0.005}
+    if threads:
+        lines.append("router CPU ms per instance, by thread:")
+        for name, ms in sorted(threads.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name:28s} {ms:7.3f}")
+        lines.append(f"  {'all':28s} {sum(threads.values()):7.3f}")
     return "\n".join(lines)
 
 
@@ -103,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pdu", type=int, default=16384)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--dest-dir",
+        type=Path,
+        default=None,
+        help="where storescp writes (as make bench's --dest-dir: a tmpfs keeps its disk"
+        " writes away from the router's syncs)",
+    )
     args = ap.parse_args(argv)
     try:
         ((_, count, size),) = parse_sizes(f"{args.size}:{args.count}")
@@ -112,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="phases-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        settings = Settings(workdir=work, pdu=args.pdu, timeout=args.timeout)
+        settings = Settings(
+            workdir=work, pdu=args.pdu, timeout=args.timeout, dest_dir=args.dest_dir
+        )
         paths = write_many(work / "data", count, size)
         inputs = InputSet(args.size, work / "data", [read_meta(p) for p in paths])
         os.sync()  # the inputs' writeback must not compete with the router's syncs

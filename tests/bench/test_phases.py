@@ -63,9 +63,29 @@ def test_the_warm_up_is_left_out_and_the_summary_is_in_milliseconds() -> None:
     s = stamped(False, n=phase_timers.WARMUP + 4)
     rows = s.phases()
     assert len(rows) == 4
-    out = summary(rows)
+    out = summary(s)
     assert out["instances"] == 4
     assert out["batch"]["p50_ms"] == pytest.approx(2500)
     assert out["batch"]["mean_ms"] == pytest.approx(2500)
     assert out["peer_gap"]["p90_ms"] == pytest.approx(5500)  # 10 s apart, 4.5 s each
     assert "install" not in out  # inline data: no spool phases
+
+
+def test_batches_by_what_they_carried_and_cpu_per_instance_by_thread() -> None:
+    s = stamped(False, n=4)
+    warm = [("acks", 9.0)] * phase_timers.WARMUP  # left out like the phases' warm-up
+    s.batches = [*warm, ("acks", 0.001), ("acks", 0.003), ("other", 0.002), ("acks+other", 0.004)]
+    s.cpu_start = {"MainThread": 1.0, "router-queue-db": 0.5}
+    s.cpu_end = {"MainThread": 1.5, "router-queue-db": 0.75, "router-queue-remover": 0.05}
+    out = summary(s)
+    assert out["batches"] == {
+        "acks": {"count": 2, "p50_ms": pytest.approx(2.0), "mean_ms": pytest.approx(2.0)},
+        "other": {"count": 1, "p50_ms": pytest.approx(2.0), "mean_ms": pytest.approx(2.0)},
+        "acks+other": {"count": 1, "p50_ms": pytest.approx(4.0), "mean_ms": pytest.approx(4.0)},
+    }
+    # 5 instances opened (the unanswered one too): CPU from the first open to the stop
+    assert out["threads"] == {
+        "MainThread": pytest.approx(100.0),
+        "router-queue-db": pytest.approx(50.0),
+        "router-queue-remover": pytest.approx(10.0),  # started after the first instance
+    }
