@@ -21,8 +21,8 @@ Phases, in the order one instance meets them (the spool's are absent for inline 
 Besides the phases, the JSON holds ``batches`` (the DB thread's transactions by what
 they carried: acknowledgements only, forwarding work only, or both; count, p50 and mean
 milliseconds) and ``threads`` (CPU milliseconds per instance of each of the router's
-threads, by name, from the first instance to the exit): what receipt and forwarding
-share shows there.
+threads, by name, from the first instance until the queue stops): what receipt and
+forwarding share shows there.
 """
 
 from __future__ import annotations
