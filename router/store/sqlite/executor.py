@@ -152,6 +152,14 @@ class _JobThreads:
             t.join()
 
     def _main(self) -> None:
+        """One job at a time until the stop marker, or until :meth:`_run` says stop."""
+        while True:
+            job = self._jobs.get()
+            if job is self._STOP or not self._run(job):
+                return
+
+    def _run(self, job: Any) -> bool:
+        """Do one job; False: this thread ends."""
         raise NotImplementedError
 
 
@@ -247,25 +255,22 @@ class Installers(_JobThreads):
     def put(self, job: CommitJob) -> None:
         self._jobs.put(job)
 
-    def _main(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is self._STOP:
-                return
-            sink = job.sink
+    def _run(self, job: CommitJob) -> bool:
+        sink = job.sink
+        try:
+            self._core.spool.install(sink)
+        except BaseException as e:  # whatever it is, the job carries it to its waiter
+            sink.abort()
+            with contextlib.suppress(OSError):
+                self._core.spool.remove(sink.id)
+            job.error = e
             try:
-                self._core.spool.install(sink)
-            except BaseException as e:  # whatever it is, the job carries it to its waiter
-                sink.abort()
-                with contextlib.suppress(OSError):
-                    self._core.spool.remove(sink.id)
-                job.error = e
-                try:
-                    self._call_in_loop(self._fail, job)
-                except RuntimeError:  # the loop is gone: nobody is waiting any more
-                    return
-                continue
-            self._db.put(job)
+                self._call_in_loop(self._fail, job)
+            except RuntimeError:  # the loop is gone: nobody is waiting any more
+                return False
+            return True
+        self._db.put(job)
+        return True
 
 
 class Remover(_JobThreads):
@@ -286,12 +291,9 @@ class Remover(_JobThreads):
         if ids:
             self._jobs.put(ids)
 
-    def _main(self) -> None:
-        while True:
-            ids = self._jobs.get()
-            if ids is self._STOP:
-                return
-            try:
-                self._spool.remove_all(ids)
-            except Exception:  # a bug: the thread must live on, or the DB thread blocks
-                log.exception("removing spool files failed")
+    def _run(self, ids: Sequence[str]) -> bool:
+        try:
+            self._spool.remove_all(ids)
+        except Exception:  # a bug: the thread must live on, or the DB thread blocks
+            log.exception("removing spool files failed")
+        return True
