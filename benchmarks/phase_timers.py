@@ -37,6 +37,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from benchmarks.procs import cpu_seconds, stat_fields
+
 PHASES = (
     "peer_gap",
     "receive",
@@ -95,15 +97,11 @@ class Stamps:
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user + system) of each live thread of this process, by name."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for t in threading.enumerate():
-        try:
-            with open(f"/proc/self/task/{t.native_id}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:  # not Linux, or the thread just ended
-            continue
-        out[t.name] = out.get(t.name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        fields = stat_fields(f"/proc/self/task/{t.native_id}/stat")
+        if fields is not None:  # None: not Linux, or the thread just ended
+            out[t.name] = out.get(t.name, 0.0) + cpu_seconds(fields)
     return out
 
 

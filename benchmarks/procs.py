@@ -76,17 +76,34 @@ def _forget(proc: subprocess.Popen[bytes]) -> None:
     _live.pop(proc.pid, None)
 
 
+def stat_fields(path: str | Path) -> list[str] | None:
+    """The fields of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file after the
+    command name (which may hold spaces), or None when it cannot be read (gone, not
+    Linux). fields[0] is field 3 (state)."""
+    try:
+        stat = Path(path).read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(fields: Sequence[str], *, reaped_children: bool = False) -> float:
+    """utime + stime (fields 14 and 15) of :func:`stat_fields`' result, plus cutime and
+    cstime (16 and 17: reaped children, such as storescp --fork's association
+    processes) when asked."""
+    return sum(int(f) for f in fields[11 : 15 if reaped_children else 13]) / _CLK_TCK
+
+
 def proc_usage(pid: int) -> Usage:
     """CPU so far and peak RSS of a live process, from /proc."""
+    fields = stat_fields(f"/proc/{pid}/stat")
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return Usage(0.0, 0)
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15, and cutime and
-    # cstime (reaped children: storescp --fork's association processes) 16 and 17.
-    cpu = sum(int(f) for f in fields[11:15]) / _CLK_TCK
+    if fields is None:
+        return Usage(0.0, 0)
+    cpu = cpu_seconds(fields, reaped_children=True)
     hwm = 0
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
@@ -104,13 +121,9 @@ def session_usage(leader: int) -> Usage:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == leader:
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == leader:  # field 6: session id
-            cpu += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        fields = stat_fields(entry / "stat")
+        if fields is not None and int(fields[3]) == leader:  # field 6: session id
+            cpu += cpu_seconds(fields)
     return Usage(cpu, hwm)
 
 
